@@ -12,4 +12,144 @@ import torch
 
 # ---- policy loss (kernels/policy_loss.py) ---------------------------------------------------------
 
+
+def policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    ref_logp: torch.Tensor | None = None,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    dual_clip: float | None = None,
+    kl_coef: float = 0.0,
+    kl_type: str = "k3",
+    entropy: torch.Tensor | None = None,
+    entropy_coef: float = 0.0,
+    agg: str = "token-mean",
+    norm_len: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO/GRPO clipped policy loss written the obvious way; autograd gives the gradients.
+
+    Computes in float64 when logp is float64 (the tests' oracle), else in float32. Arguments are
+    not validated here: fastzero.kernels.policy_loss.policy_loss does that before dispatching.
+    Masked positions are replaced by 0 before any math, so padding garbage (inf, NaN) cannot leak
+    into the loss or, through 0 * inf, into the gradients.
+    """
+    compute = torch.float64 if logp.dtype == torch.float64 else torch.float32
+    valid = mask != 0
+    valid_f = valid.to(compute)
+
+    def clean(x: torch.Tensor) -> torch.Tensor:
+        return torch.where(valid, x.to(compute), 0.0)
+
+    lp, old = clean(logp), clean(old_logp)
+    adv = advantages[:, None].expand_as(logp) if advantages.dim() == 1 else advantages
+    adv = clean(adv)
+
+    ratio = torch.exp(lp - old)
+    loss_unclipped = -adv * ratio
+    loss_clipped = -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    pg = torch.maximum(loss_unclipped, loss_clipped)
+    clipped = loss_clipped > loss_unclipped
+    if dual_clip is not None:
+        dual_bound = -adv * dual_clip
+        dual_clipped = (adv < 0) & (pg > dual_bound)
+        pg = torch.where(adv < 0, torch.minimum(pg, dual_bound), pg)
+    token_loss = pg
+
+    kl_ref = None
+    if ref_logp is not None:
+        diff = lp - clean(ref_logp)  # log pi - log pi_ref
+        if kl_type == "k1":
+            kl_ref = diff
+        elif kl_type == "k2":
+            kl_ref = 0.5 * diff**2
+        else:
+            kl_ref = torch.exp(-diff) + diff - 1.0
+        token_loss = token_loss + kl_coef * kl_ref
+    if entropy is not None:
+        token_loss = token_loss - entropy_coef * clean(entropy)
+
+    n_valid = valid_f.sum()
+    row_len = valid_f.sum(dim=1)
+    masked_loss = token_loss * valid_f
+    if agg == "token-mean":
+        loss = masked_loss.sum() / n_valid.clamp(min=1.0)
+    elif agg == "seq-mean-token-mean":
+        row_mean = masked_loss.sum(dim=1) / row_len.clamp(min=1.0)
+        nonempty = (row_len > 0).to(compute)
+        loss = (row_mean * nonempty).sum() / nonempty.sum().clamp(min=1.0)
+    elif agg == "seq-mean-token-sum":
+        loss = masked_loss.sum(dim=1).mean()
+    else:  # "seq-mean-token-sum-norm" (Dr. GRPO)
+        loss = masked_loss.sum() / (logp.shape[0] * norm_len)
+
+    def valid_mean(x: torch.Tensor) -> torch.Tensor:
+        return (torch.where(valid, x.to(compute), 0.0).sum() / n_valid.clamp(min=1.0)).detach()
+
+    stats = {
+        "clip_frac": valid_mean(clipped & valid),
+        # k3 estimate of KL(pi_old || pi) from tokens sampled by pi_old: (r - 1) - log r.
+        "approx_kl_old": valid_mean((ratio - 1.0) - (lp - old)),
+    }
+    if dual_clip is not None:
+        stats["dual_clip_frac"] = valid_mean(dual_clipped & valid)
+    if kl_ref is not None:
+        stats["kl_ref"] = valid_mean(kl_ref)
+    if entropy is not None:
+        stats["entropy"] = valid_mean(clean(entropy))
+    return loss, stats
+
+
 # ---- advantages (kernels/advantage.py) ------------------------------------------------------------
+
+
+def group_advantages(
+    rewards: torch.Tensor, group_size: int, *, method: str = "grpo", eps: float = 1e-6
+) -> torch.Tensor:
+    """Per-sample advantages from the rewards of the other samples of the same prompt.
+
+    Groups are contiguous runs of `group_size` rows. grpo: (r - mean) / (unbiased std + eps);
+    dr_grpo: r - mean; rloo: r - mean of the group's other members. A group of one gets 0.
+    """
+    compute = torch.float64 if rewards.dtype == torch.float64 else torch.float32
+    grouped = rewards.to(compute).reshape(-1, group_size)
+    if group_size == 1:
+        return torch.zeros_like(grouped).reshape(-1)
+    mean = grouped.mean(dim=1, keepdim=True)
+    if method == "grpo":
+        adv = (grouped - mean) / (grouped.std(dim=1, keepdim=True) + eps)
+    elif method == "dr_grpo":
+        adv = grouped - mean
+    else:  # "rloo"
+        others_mean = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
+        adv = grouped - others_mean
+    return adv.reshape(-1)
+
+
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalized advantage estimation over each row's valid tokens; returns (advantages, returns).
+
+    Walks t from T-1 down to 0 for all rows at once. A masked position leaves the carried
+    next-value and next-advantage untouched, so padding on either side is skipped and the value
+    after a row's last valid token is 0. Masked positions get 0 in both outputs.
+    """
+    compute = torch.float64 if rewards.dtype == torch.float64 else torch.float32
+    valid = mask != 0
+    r = torch.where(valid, rewards.to(compute), 0.0)
+    v = torch.where(valid, values.to(compute), 0.0)
+    advantages = torch.zeros_like(r)
+    next_value = torch.zeros_like(r[:, 0])
+    next_adv = torch.zeros_like(r[:, 0])
+    for t in range(r.shape[1] - 1, -1, -1):
+        delta = r[:, t] + gamma * next_value - v[:, t]
+        adv_t = torch.where(valid[:, t], delta + gamma * lam * next_adv, 0.0)
+        advantages[:, t] = adv_t
+        next_value = torch.where(valid[:, t], v[:, t], next_value)
+        next_adv = torch.where(valid[:, t], adv_t, next_adv)
+    returns = torch.where(valid, advantages + v, 0.0)
+    return advantages, returns
