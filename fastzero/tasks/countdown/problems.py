@@ -1,0 +1,367 @@
+"""Countdown problems: the `Problem` record, seeded generation of solvable problems, disjoint
+train/test splits, and loading/saving (.jsonl and .parquet, including TinyZero's parquet layout).
+
+Generation (`generate_problems`), and why it samples this way:
+- For each problem, the count of numbers k is drawn uniformly from [min_numbers, max_numbers], so
+  sizes come out evenly mixed (3 and 4 numbers by default, like TinyZero's Countdown-Tasks-3to4).
+- Then k numbers are drawn uniformly and independently from [min_value, max_value] (repeats
+  allowed, as in that data) and a target uniformly from [min_target, max_target]; draws that the
+  exact C++ solver cannot solve are rejected and redrawn with the same k. Rejection sampling from a
+  uniform product is uniform on what it keeps: every solvable (numbers, target) of size k is equally
+  likely. Drawing a random expression and taking its value would instead skew targets toward
+  whatever the operators favour (small differences, large products), and need a separate cap.
+- Problems are distinct by `Problem.key` (sorted numbers, target): "3 7 12=19" and "12 3 7=19" are
+  the same problem. `exclude` removes keys up front, which is how train avoids test.
+- Bounded: asking for more than the ranges hold fails before any work; once every key of a size has
+  been tried, or after `100 * n + 100_000` draws, it fails with how many it could find.
+Dropped on purpose: TinyZero's min/max-target-from-expression knobs; weighted size mixes.
+
+Files: rows are `{"numbers": [...], "target": N}` (our .jsonl/.parquet); TinyZero's prepared rows
+(`reward_model.ground_truth.{numbers,target}`) and its raw Countdown-Tasks-3to4 rows (`nums`,
+`target`) load too. A bad row is an error naming the file and row, or with `skip_bad` is skipped and
+counted in the `LoadReport` that `read_problems` returns.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import numbers as _numbers
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+log = logging.getLogger(__name__)
+
+MAX_NUMBERS = 6  # the C++ solver is exhaustive up to this many numbers
+MAX_VALUE = 10**9  # keeps numbers and targets far inside the solver's exact 64-bit arithmetic
+FILE_SUFFIXES = (".jsonl", ".parquet")
+Key = tuple[tuple[int, ...], int]
+
+
+def _as_count(value: Any, what: str) -> int:
+    """An int >= 0 (bools and floats rejected: `True` or `3.5` as a number is always a mistake)."""
+    if isinstance(value, bool) or not isinstance(value, _numbers.Integral):
+        raise ValueError(f"{what} must be an integer, got {value!r}")
+    value = int(value)
+    if not 0 <= value <= MAX_VALUE:
+        raise ValueError(f"{what} must be in 0..{MAX_VALUE}, got {value}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """Reach `target` from `numbers` with + - * /, each number used exactly once."""
+
+    numbers: tuple[int, ...]
+    target: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.numbers, (str, bytes)) or not isinstance(self.numbers, Iterable):
+            raise ValueError(f"numbers must be a sequence of integers, got {self.numbers!r}")
+        nums = tuple(_as_count(n, "each number") for n in self.numbers)
+        if not 1 <= len(nums) <= MAX_NUMBERS:
+            raise ValueError(f"a problem needs 1 to {MAX_NUMBERS} numbers, got {len(nums)}")
+        object.__setattr__(self, "numbers", nums)
+        object.__setattr__(self, "target", _as_count(self.target, "target"))
+
+    @property
+    def key(self) -> Key:
+        """What makes two problems the same: the numbers as a multiset, and the target."""
+        return tuple(sorted(self.numbers)), self.target
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation
+
+
+@dataclasses.dataclass(frozen=True)
+class Ranges:
+    """The sampling ranges, all inclusive; validated on construction."""
+
+    min_numbers: int = 3
+    max_numbers: int = 4
+    min_value: int = 1
+    max_value: int = 99
+    min_target: int = 1
+    max_target: int = 99
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            _as_count(getattr(self, field.name), field.name)
+        if self.min_numbers < 1:
+            raise ValueError(f"min_numbers must be >= 1, got {self.min_numbers}")
+        if self.max_numbers > MAX_NUMBERS:
+            raise ValueError(f"max_numbers must be <= {MAX_NUMBERS} (solver limit), got {self.max_numbers}")
+        for name in ("numbers", "value", "target"):
+            lo, hi = getattr(self, "min_" + name), getattr(self, "max_" + name)
+            if lo > hi:
+                raise ValueError(f"empty range: min_{name} ({lo}) > max_{name} ({hi})")
+
+    def size_count(self, k: int) -> int:
+        """Distinct problem keys with k numbers: multisets of k values times targets."""
+        values = self.max_value - self.min_value + 1
+        return math.comb(values + k - 1, k) * (self.max_target - self.min_target + 1)
+
+    def capacity(self) -> int:
+        """Distinct problem keys in these ranges, solvable or not (an upper bound on n)."""
+        return sum(self.size_count(k) for k in range(self.min_numbers, self.max_numbers + 1))
+
+
+def _exclusion_keys(exclude: Iterable[Problem | Key]) -> set[Key]:
+    keys = set()
+    for item in exclude:
+        if isinstance(item, Problem):
+            keys.add(item.key)
+        else:
+            nums, target = item
+            keys.add(Problem(tuple(nums), target).key)
+    return keys
+
+
+def _default_solvable() -> Callable[[Sequence[int], int], bool]:
+    from fastzero.tasks.countdown.verifier import solve  # the C++ solver; imported only when used
+
+    return lambda nums, target: solve(nums, target) is not None
+
+
+def generate_problems(
+    n: int,
+    *,
+    seed: int,
+    min_numbers: int = 3,
+    max_numbers: int = 4,
+    min_value: int = 1,
+    max_value: int = 99,
+    min_target: int = 1,
+    max_target: int = 99,
+    exclude: Iterable[Problem | Key] = (),
+) -> list[Problem]:
+    """`n` distinct solvable problems drawn with `random.Random(seed)`; see the module docstring."""
+    n = _as_count(n, "n")
+    if isinstance(seed, bool) or not isinstance(seed, _numbers.Integral):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    ranges = Ranges(min_numbers, max_numbers, min_value, max_value, min_target, max_target)
+    excluded = _exclusion_keys(exclude)
+    if n > ranges.capacity():
+        raise ValueError(
+            f"cannot make {n} distinct problems: these ranges hold only {ranges.capacity()} "
+            f"(solvable or not); widen the value/target ranges or the number counts"
+        )
+    if n == 0:
+        return []
+    return _sample(n, random.Random(int(seed)), ranges, excluded, _default_solvable())
+
+
+def _sample(n, rng: random.Random, ranges: Ranges, excluded: set[Key], solvable) -> list[Problem]:
+    values = range(ranges.min_value, ranges.max_value + 1)
+    n_targets = ranges.max_target - ranges.min_target + 1
+    sizes = range(ranges.min_numbers, ranges.max_numbers + 1)
+    # Keys tried so far, per size: once a size's whole key space is tried, waiting longer is futile.
+    tried: dict[int, set[Key]] = {k: set() for k in sizes}
+    space = {k: ranges.size_count(k) for k in sizes}
+    out: list[Problem] = []
+    draws, max_draws = 0, 100 * n + 100_000
+    while len(out) < n:
+        k = rng.choice(sizes)
+        while True:
+            if len(tried[k]) == space[k]:
+                found = sum(len(p.numbers) == k for p in out)
+                raise ValueError(
+                    f"cannot make {n} problems: all {space[k]} problems with {k} numbers in these "
+                    f"ranges were tried and only {found} are solvable and not excluded, while sizes "
+                    f"are drawn evenly from {ranges.min_numbers}..{ranges.max_numbers}; widen the ranges"
+                )
+            draws += 1
+            if draws > max_draws:
+                raise RuntimeError(
+                    f"gave up after {max_draws} draws with {len(out)} of {n} problems: solvable "
+                    f"problems are too rare in these ranges ({ranges})"
+                )
+            nums = tuple(rng.choices(values, k=k))
+            target = ranges.min_target + rng.randrange(n_targets)
+            key = (tuple(sorted(nums)), target)
+            if key in tried[k]:
+                continue
+            tried[k].add(key)
+            if key not in excluded and solvable(nums, target):
+                out.append(Problem(nums, target))
+                break
+    return out
+
+
+def generate_splits(
+    n_train: int, n_test: int, *, seed: int, **ranges: int
+) -> tuple[list[Problem], list[Problem]]:
+    """(train, test) with no shared problem key. Test is drawn first, with `seed`, so it does not
+    depend on `n_train` (evaluations stay comparable as train grows); train uses `seed + 1` and
+    excludes every test key."""
+    test = generate_problems(n_test, seed=seed, **ranges)
+    train = generate_problems(n_train, seed=int(seed) + 1, exclude=test, **ranges)
+    return train, test
+
+
+def train_test_split(
+    problems: Sequence[Problem], test_size: int | float, *, seed: int
+) -> tuple[list[Problem], list[Problem]]:
+    """Split loaded problems into (train, test), each keeping the input order. `test_size` counts
+    distinct keys (an int, or a fraction in (0, 1) of them); repeats of a key stay on one side, so
+    the two sides never share a problem."""
+    groups: dict[Key, list[int]] = {}
+    for i, p in enumerate(problems):
+        if not isinstance(p, Problem):
+            raise ValueError(f"problems[{i}] is {type(p).__name__}, not a Problem")
+        groups.setdefault(p.key, []).append(i)
+    if isinstance(test_size, float) and not isinstance(test_size, bool):
+        if not 0.0 < test_size < 1.0:
+            raise ValueError(f"a fractional test_size must be in (0, 1), got {test_size}")
+        n_test = round(test_size * len(groups))
+    else:
+        n_test = _as_count(test_size, "test_size")
+    if n_test > len(groups):
+        raise ValueError(f"test_size {n_test} exceeds the {len(groups)} distinct problems given")
+    keys = list(groups)
+    random.Random(seed).shuffle(keys)
+    test_rows = sorted(i for key in keys[:n_test] for i in groups[key])
+    test_set = set(test_rows)
+    train = [p for i, p in enumerate(problems) if i not in test_set]
+    return train, [problems[i] for i in test_rows]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and saving
+
+
+@dataclasses.dataclass
+class LoadReport:
+    """What `read_problems` found: the good problems, and for each skipped row why."""
+
+    problems: list[Problem]
+    skipped: list[str] = dataclasses.field(default_factory=list)
+
+
+def _problem_from_row(row: Any) -> Problem:
+    """Accept our layout, TinyZero's prepared layout, or its raw Countdown-Tasks-3to4 layout."""
+    if not isinstance(row, dict):
+        raise ValueError(f"expected an object, got {type(row).__name__}")
+    if "numbers" in row or ("target" in row and "nums" not in row):
+        fields = row
+    elif "nums" in row:
+        fields = {"numbers": row["nums"], "target": row.get("target")}
+    elif "reward_model" in row:
+        reward_model = row["reward_model"]
+        truth = reward_model.get("ground_truth") if isinstance(reward_model, dict) else None
+        if not isinstance(truth, dict):
+            raise ValueError("reward_model has no ground_truth object")
+        fields = truth
+    else:
+        raise ValueError(f"no numbers/target fields (found {sorted(row)})")
+    for name in ("numbers", "target"):
+        if fields.get(name) is None:
+            raise ValueError(f"missing {name!r}")
+    nums = fields["numbers"]
+    if isinstance(nums, (str, bytes, dict)) or not isinstance(nums, Iterable):
+        raise ValueError(f"numbers must be a list of integers, got {nums!r}")
+    return Problem(tuple(nums), fields["target"])
+
+
+def _jsonl_rows(path: Path) -> Iterable[tuple[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue  # blank lines (a trailing newline, a hand-edited file) are not rows
+            try:
+                yield f"line {lineno}", json.loads(line)
+            except json.JSONDecodeError as e:
+                yield f"line {lineno}", ValueError(f"invalid JSON: {e.msg}")
+
+
+def _parquet_rows(path: Path) -> Iterable[tuple[str, Any]]:
+    import pyarrow.parquet as pq
+
+    wanted = [c for c in ("numbers", "nums", "target", "reward_model") if c in pq.read_schema(path).names]
+    if not wanted:
+        raise ValueError(f"{path}: no numbers/nums/target/reward_model column")
+    for i, row in enumerate(pq.read_table(path, columns=wanted).to_pylist()):
+        yield f"row {i}", row
+
+
+def read_problems(path: str | os.PathLike, *, skip_bad: bool = False) -> LoadReport:
+    """Problems from a .jsonl or .parquet file, with a report of the rows skipped (if `skip_bad`)."""
+    path = Path(path)
+    if path.suffix not in FILE_SUFFIXES:
+        raise ValueError(f"{path}: unknown file type {path.suffix!r}; use one of {', '.join(FILE_SUFFIXES)}")
+    if not path.is_file():
+        raise FileNotFoundError(f"no problem file at {path}")
+    rows = _jsonl_rows(path) if path.suffix == ".jsonl" else _parquet_rows(path)
+    report = LoadReport(problems=[])
+    for where, row in rows:
+        try:
+            if isinstance(row, Exception):
+                raise row
+            report.problems.append(_problem_from_row(row))
+        except ValueError as e:
+            message = f"{path}: {where}: {e}"
+            if not skip_bad:
+                raise ValueError(message) from None
+            report.skipped.append(message)
+    return report
+
+
+def load_problems(path: str | os.PathLike, *, skip_bad: bool = False) -> list[Problem]:
+    """Problems from a .jsonl or .parquet file. Bad rows raise, or with `skip_bad` are skipped with
+    one logged warning (use `read_problems` to get the count and reasons)."""
+    report = read_problems(path, skip_bad=skip_bad)
+    if report.skipped:
+        log.warning("skipped %d bad rows; first: %s", len(report.skipped), report.skipped[0])
+    return report.problems
+
+
+def save_problems(problems: Iterable[Problem], path: str | os.PathLike) -> None:
+    """Write .jsonl or .parquet atomically: a temp file in the same folder, then os.replace, so a
+    reader never sees a half-written file and a failed write leaves any old file untouched."""
+    path = Path(path)
+    if path.suffix not in FILE_SUFFIXES:
+        raise ValueError(f"{path}: unknown file type {path.suffix!r}; use one of {', '.join(FILE_SUFFIXES)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if path.suffix == ".jsonl":
+                for i, p in enumerate(problems):
+                    f.write(_jsonl_line(p, i).encode())
+            else:
+                _write_parquet(list(problems), f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _check_problem(p: Any, i: int) -> Problem:
+    if not isinstance(p, Problem):
+        raise ValueError(f"problems[{i}] is {type(p).__name__}, not a Problem")
+    return p
+
+
+def _jsonl_line(p: Any, i: int) -> str:
+    p = _check_problem(p, i)
+    return json.dumps({"numbers": list(p.numbers), "target": p.target}) + "\n"
+
+
+def _write_parquet(problems: list[Problem], f) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for i, p in enumerate(problems):
+        _check_problem(p, i)
+    table = pa.table(
+        {
+            "numbers": pa.array([list(p.numbers) for p in problems], type=pa.list_(pa.int64())),
+            "target": pa.array([p.target for p in problems], type=pa.int64()),
+        }
+    )
+    pq.write_table(table, f)
