@@ -1,0 +1,95 @@
+"""Turn rollouts into padded training tensors, and split them into mini- and micro-batches.
+
+Sequences are right-padded: with causal attention a pad after the last real token changes nothing
+before it, so no position ids are needed. Every per-token tensor is aligned with `input_ids` (the
+log-prob of the token at position t sits at t), and `response_mask` marks the generated tokens: the
+prompt and padding never carry a loss. Micro-batches group sequences of similar length (sorted) so
+that rows x longest-row stays within a token budget.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class SequenceBatch:
+    input_ids: torch.Tensor  # [B, L] int64
+    attention_mask: torch.Tensor  # [B, L] int64, 1 on prompt and response tokens
+    response_mask: torch.Tensor  # [B, L] float32, 1 on generated tokens
+    lengths: torch.Tensor  # [B] total tokens per row
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def select(self, rows: torch.Tensor) -> "SequenceBatch":
+        width = int(self.lengths[rows].max()) if len(rows) else 1
+        return SequenceBatch(self.input_ids[rows, :width], self.attention_mask[rows, :width],
+                             self.response_mask[rows, :width], self.lengths[rows])
+
+
+def collate(prompts: list[list[int]], responses: list[list[int]], *, pad_id: int,
+            device: torch.device | str = "cpu") -> SequenceBatch:
+    """Right-padded [B, L] tensors of prompt + response token ids."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"collate: {len(prompts)} prompts but {len(responses)} responses")
+    lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
+    width = max(lengths, default=1)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(prompts), width), dtype=torch.long)
+    response = torch.zeros((len(prompts), width), dtype=torch.float32)
+    for row, (p, r) in enumerate(zip(prompts, responses)):
+        n = len(p) + len(r)
+        ids[row, :n] = torch.tensor(p + r, dtype=torch.long)
+        attention[row, :n] = 1
+        response[row, len(p):n] = 1.0
+    return SequenceBatch(ids.to(device), attention.to(device), response.to(device),
+                         torch.tensor(lengths, dtype=torch.long))
+
+
+def last_response_index(response_mask: torch.Tensor) -> torch.Tensor:
+    """[B] position of each row's last generated token (0 for a row without one)."""
+    positions = torch.arange(response_mask.shape[1], device=response_mask.device)
+    return (response_mask * positions).amax(dim=1).long()
+
+
+def minibatches(n: int, size: int, generator: torch.Generator | None) -> list[torch.Tensor]:
+    """Shuffled row indices split into mini-batches of `size` (the last may be smaller)."""
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    return [order[i:i + size] for i in range(0, n, size)]
+
+
+def microbatches(rows: torch.Tensor, lengths: torch.Tensor, token_budget: int) -> list[torch.Tensor]:
+    """Split `rows` into groups whose (rows x longest length) stays within `token_budget`.
+
+    Rows are sorted by length first, so short sequences are not padded to long ones. A single
+    sequence longer than the budget still forms a micro-batch of its own.
+    """
+    order = rows[torch.argsort(lengths[rows], stable=True)]
+    groups, current, longest = [], [], 0
+    for row in order.tolist():
+        length = int(lengths[row])
+        if current and max(longest, length) * (len(current) + 1) > token_budget:
+            groups.append(torch.tensor(current, dtype=torch.long))
+            current, longest = [], 0
+        current.append(row)
+        longest = max(longest, length)
+    if current:
+        groups.append(torch.tensor(current, dtype=torch.long))
+    return groups
+
+
+def micro_weight(agg: str, micro_mask: torch.Tensor, mini_mask: torch.Tensor) -> float:
+    """Share of a mini-batch's loss that one micro-batch carries under aggregation `agg`.
+
+    policy_loss normalizes within the tensors it sees; gradient accumulation must renormalize to the
+    whole mini-batch so that splitting into micro-batches does not change the update.
+    """
+    if agg == "token-mean":
+        total = float(mini_mask.sum())
+        return float(micro_mask.sum()) / total if total > 0 else 0.0
+    if agg == "seq-mean-token-mean":
+        total = float((mini_mask.sum(1) > 0).sum())
+        return float((micro_mask.sum(1) > 0).sum()) / total if total > 0 else 0.0
+    return micro_mask.shape[0] / mini_mask.shape[0]  # seq-mean-token-sum, seq-mean-token-sum-norm

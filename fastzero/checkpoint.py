@@ -1,0 +1,89 @@
+"""Atomic, resumable checkpoints.
+
+A checkpoint is a directory `checkpoints/step-000120/` holding, per model, a Hugging Face folder
+(`policy/`, `critic/`: loadable by transformers as they are), the optimizer states and everything
+else the trainer needs to continue bit-identically (`trainer_state.pt`: step, RNG states, data
+position, counters). It is written under a temporary name and renamed into place in one step, then
+the `latest` pointer file is replaced atomically: a run killed at any moment leaves either the old
+or the new checkpoint, never half of one. Older checkpoints beyond `keep` are deleted afterwards.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import torch
+
+LATEST = "latest"
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write a file so that readers see either the old or the new content, never a partial one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(root: str, step: int, *, models: dict[str, Any], optimizers: dict[str, Any],
+                    state: dict[str, Any], tokenizer: Any = None, keep: int = 2) -> str:
+    """Write checkpoint `step` under `root` atomically and return its path."""
+    os.makedirs(root, exist_ok=True)
+    name = f"step-{step:06d}"
+    final = os.path.join(root, name)
+    tmp = tempfile.mkdtemp(dir=root, prefix=f".tmp-{name}-")
+    try:
+        for model_name, model in models.items():
+            model.save_pretrained(os.path.join(tmp, model_name), safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(os.path.join(tmp, "policy"))
+        torch.save({k: opt.state_dict() for k, opt in optimizers.items()}, os.path.join(tmp, "optimizers.pt"))
+        torch.save(state, os.path.join(tmp, "trainer_state.pt"))
+        if os.path.exists(final):  # a re-save of the same step (e.g. Ctrl-C right after a save)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    atomic_write_text(os.path.join(root, LATEST), name + "\n")
+    _prune(root, keep=keep, current=name)
+    return final
+
+
+def _prune(root: str, *, keep: int, current: str) -> None:
+    steps = sorted(d for d in os.listdir(root) if d.startswith("step-") and d != current)
+    for old in steps[: max(0, len(steps) - (keep - 1))]:
+        shutil.rmtree(os.path.join(root, old), ignore_errors=True)
+    for leftover in os.listdir(root):  # temporaries of a run that was killed mid-save
+        if leftover.startswith(".tmp-"):
+            path = os.path.join(root, leftover)
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.unlink(path)
+
+
+def latest_checkpoint(root: str) -> str | None:
+    """Path of the newest complete checkpoint under `root`, or None."""
+    pointer = os.path.join(root, LATEST)
+    if not os.path.isfile(pointer):
+        return None
+    with open(pointer) as fh:
+        name = fh.read().strip()
+    path = os.path.join(root, name)
+    return path if os.path.isdir(path) else None
+
+
+def load_trainer_state(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(trainer state, optimizer state dicts) of the checkpoint at `path`."""
+    state = torch.load(os.path.join(path, "trainer_state.pt"), weights_only=False)
+    optimizers = torch.load(os.path.join(path, "optimizers.pt"), weights_only=False)
+    return state, optimizers

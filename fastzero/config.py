@@ -1,0 +1,305 @@
+"""The one config definition: dataclasses (with help text and defaults), named presets, validation.
+
+A run's config is built in layers: the dataclass defaults (which are the `tiny-cpu` preset), then
+a named preset, then a `--config FILE` (JSON or TOML, flat or by section), then command-line
+options. Every field is one `--option` on the command line, named after the field (`max_steps` ->
+`--max-steps`), so field names are unique across sections. `validate` checks every value and every
+conflict before any work starts and names the option at fault.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+EMBEDDED_MODEL = "embedded:tiny-countdown"  # the tiny Qwen2 shipped in fastzero/assets/
+
+
+def opt(default: Any, help: str, choices: tuple | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class ModelConfig:
+    model_path: str = opt(EMBEDDED_MODEL, "local Hugging Face causal-LM directory (never downloaded)")
+    critic_path: str | None = opt(None, "critic backbone directory for PPO (default: the model's)")
+    dtype: str = opt("auto", "parameter dtype: auto = bfloat16 on GPU, float32 on CPU",
+                     ("auto", "float32", "bfloat16"))
+    attn_implementation: str = opt("auto", "attention: auto = flash_attention_2 if installed on GPU, else sdpa",
+                                   ("auto", "sdpa", "flash_attention_2", "eager"))
+    gradient_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
+
+
+@dataclass
+class DataConfig:
+    train_path: str | None = opt(None, "training problems (.parquet/.jsonl, ours or TinyZero's); none = generate")
+    test_path: str | None = opt(None, "held-out problems for evaluation; none = generate")
+    num_train: int = opt(20000, "problems to generate when train_path is not given")
+    num_test: int = opt(500, "held-out problems (generated, or the first N loaded); disjoint from train")
+    min_numbers: int = opt(3, "fewest numbers in a generated problem")
+    max_numbers: int = opt(3, "most numbers in a generated problem (<= 6)")
+    min_value: int = opt(1, "smallest number in a generated problem")
+    max_value: int = opt(20, "largest number in a generated problem")
+    min_target: int = opt(1, "smallest generated target")
+    max_target: int = opt(50, "largest generated target")
+    data_seed: int = opt(1234, "seed of problem generation (the held-out split depends only on it)")
+    template: str = opt("compact", "prompt template", ("base", "instruct", "compact"))
+    max_prompt_tokens: int = opt(256, "longest prompt in tokens; longer prompts are an error")
+    skip_bad_rows: bool = opt(False, "skip (and count) malformed rows in data files instead of failing")
+
+
+@dataclass
+class RolloutConfig:
+    rollout: str = opt("auto", "rollout engine: auto = sglang when importable with CUDA, else hf",
+                       ("auto", "hf", "sglang"))
+    prompts_per_step: int = opt(64, "prompts sampled per RL step")
+    samples_per_prompt: int = opt(8, "completions per prompt (the group size for GRPO-family methods)")
+    max_new_tokens: int = opt(24, "longest response in tokens")
+    temperature: float = opt(1.0, "sampling temperature for rollouts (evaluation is greedy)")
+    top_p: float = opt(1.0, "nucleus sampling threshold")
+    top_k: int = opt(0, "top-k sampling (0 = off)")
+    gen_batch_size: int = opt(512, "hf engine: sequences decoded together")
+    sglang_mem_fraction: float = opt(0.5, "sglang: GPU memory share for weights + KV cache")
+    sglang_tp: int = opt(1, "sglang: tensor-parallel size")
+    sync_bucket_mb: int = opt(512, "weight sync to the rollout engine in buckets of this many MB")
+
+
+@dataclass
+class AlgorithmConfig:
+    algorithm: str = opt("grpo", "advantage estimator (ppo = critic + GAE)",
+                         ("grpo", "dr_grpo", "rloo", "reinforce_pp", "ppo"))
+    ppo_epochs: int = opt(1, "passes over each step's rollouts")
+    mini_batch_size: int = opt(512, "sequences per optimizer step (must divide the step's sequences)")
+    micro_batch_tokens: int = opt(16384, "token budget of one forward/backward (gradient accumulation)")
+    clip_low: float = opt(0.2, "PPO ratio clip below 1")
+    clip_high: float = opt(0.2, "PPO ratio clip above 1 (DAPO's clip-higher: > clip_low)")
+    dual_clip: float | None = opt(None, "dual-clip bound c > 1 for negative advantages (off when unset)")
+    kl_coef: float = opt(0.0, "KL-to-reference coefficient (0 = no reference model is loaded)")
+    kl_type: str = opt("k3", "KL estimator", ("k1", "k2", "k3"))
+    kl_in_reward: bool = opt(False, "apply KL as a per-token reward penalty (TinyZero) instead of in the loss")
+    entropy_coef: float = opt(0.0, "entropy bonus coefficient")
+    loss_agg: str = opt("token-mean", "loss aggregation",
+                        ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"))
+    gamma: float = opt(1.0, "GAE discount (ppo, reinforce_pp)")
+    lam: float = opt(1.0, "GAE lambda (ppo)")
+    value_clip: float = opt(0.5, "PPO value-function clip range")
+    format_score: float = opt(0.1, "reward for a well-tagged but wrong or invalid answer")
+    correct_score: float = opt(1.0, "reward for a correct answer")
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = opt(1e-4, "actor AdamW learning rate")
+    critic_lr: float = opt(1e-5, "critic AdamW learning rate (ppo)")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    warmup_steps: int = opt(0, "linear learning-rate warmup, in optimizer steps")
+    grad_clip: float = opt(1.0, "clip the global gradient norm to this (0 = off)")
+    max_bad_steps: int = opt(3, "stop after this many non-finite losses/gradients in a row")
+
+
+@dataclass
+class RunConfig:
+    max_steps: int = opt(200, "RL steps")
+    time_limit_minutes: float = opt(0.0, "stop RL after this many minutes, then evaluate (0 = no limit)")
+    seed: int = opt(0, "seed of sampling, initialization and data order")
+    device: str = opt("auto", "auto = cuda if available, else cpu", ("auto", "cpu", "cuda"))
+    threads: int = opt(0, "CPU threads for torch (0 = all cores)")
+    output_dir: str | None = opt(None, "where everything is written (default: runs/<timestamp>)")
+    resume: str | None = opt(None, "resume the run in this output directory from its last checkpoint")
+    eval_every: int = opt(25, "greedy evaluation on the held-out split every N steps (0 = start and end only)")
+    save_every: int = opt(25, "atomic checkpoint every N steps (0 = only at the end and on Ctrl-C)")
+    log_samples: int = opt(4, "sample completions written per step to samples.jsonl")
+    price_per_hour: float = opt(0.0, "device price in $ per hour for the cost summary (0 = not priced)")
+    progress: bool = opt(True, "show a progress bar on stderr")
+
+
+SECTIONS = {
+    "model": ModelConfig, "data": DataConfig, "rollout": RolloutConfig,
+    "algorithm": AlgorithmConfig, "optimizer": OptimizerConfig, "run": RunConfig,
+}
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def set(self, name: str, value: Any) -> None:
+        """Set one option by its flat name (`max_steps`), converting strings to the field's type."""
+        section, f = FIELDS[name]
+        setattr(getattr(self, section), name, coerce(f, value))
+
+
+# name -> (section, dataclasses.Field); field names are unique across sections (asserted below).
+FIELDS: dict[str, tuple[str, dataclasses.Field]] = {}
+for _section, _cls in SECTIONS.items():
+    for _f in dataclasses.fields(_cls):
+        assert _f.name not in FIELDS, f"duplicate config field {_f.name}"
+        FIELDS[_f.name] = (_section, _f)
+
+
+def field_type(f: dataclasses.Field) -> type:
+    """The scalar type of a field ('float | None' -> float)."""
+    text = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    base = text.replace(" ", "").replace("|None", "")
+    return {"int": int, "float": float, "bool": bool, "str": str}[base]
+
+
+def optional(f: dataclasses.Field) -> bool:
+    return "None" in str(f.type)
+
+
+def coerce(f: dataclasses.Field, value: Any) -> Any:
+    flag = "--" + f.name.replace("_", "-")
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and optional(f)):
+        if not optional(f):
+            raise ValueError(f"{flag} cannot be empty")
+        return None
+    kind = field_type(f)
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        if kind is int and isinstance(value, bool):
+            raise ValueError
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{flag}: {value!r} is not a valid {kind.__name__}") from None
+
+
+# ---- presets -------------------------------------------------------------------------------------
+
+_TINYZERO_PPO = dict(  # TinyZero's published recipe (PPO with a critic), see PLATFORM.md
+    algorithm="ppo", gamma=1.0, lam=1.0, lr=1e-6, critic_lr=1e-5, prompts_per_step=256,
+    samples_per_prompt=1, mini_batch_size=64, max_new_tokens=1024, max_prompt_tokens=256,
+    kl_coef=0.001, kl_in_reward=True, entropy_coef=0.001, temperature=1.0, ppo_epochs=1,
+    template="base", min_numbers=3, max_numbers=4, min_value=1, max_value=99, min_target=1,
+    max_target=99, num_train=327680, num_test=1024, model_path="", max_steps=300,
+    eval_every=50, save_every=50, micro_batch_tokens=32768, gen_batch_size=1024,
+    warmup_steps=0, grad_clip=1.0, loss_agg="token-mean",
+)
+_GRPO_VARIANT = dict(  # the same task with GRPO: groups instead of a critic, KL in the loss
+    algorithm="grpo", samples_per_prompt=8, prompts_per_step=64, mini_batch_size=128,
+    kl_in_reward=False, kl_coef=0.001, entropy_coef=0.0,
+)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny-cpu": {},  # the dataclass defaults
+    "qwen2.5-0.5b": {**_TINYZERO_PPO},
+    "qwen2.5-1.5b": {**_TINYZERO_PPO},
+    "qwen2.5-3b": {**_TINYZERO_PPO},
+}
+for _name in ("qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b"):
+    PRESETS[_name + "-grpo"] = {**PRESETS[_name], **_GRPO_VARIANT}
+
+
+def from_preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise ValueError(f"--preset: unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    config = Config()
+    for key, value in PRESETS[name].items():
+        config.set(key, value)
+    return config
+
+
+def load_config_file(config: Config, path: str) -> None:
+    """Apply a JSON or TOML file, flat ({"lr": 1e-5}) or by section ({"optimizer": {"lr": 1e-5}})."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--config: no such file {path!r}")
+    with open(path, "rb") as fh:
+        if path.endswith(".toml"):
+            import tomllib
+            data = tomllib.load(fh)
+        elif path.endswith(".json"):
+            data = json.load(fh)
+        else:
+            raise ValueError(f"--config: {path!r} must end in .json or .toml")
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in SECTIONS and isinstance(value, dict):
+            for inner, inner_value in value.items():
+                if inner not in FIELDS or FIELDS[inner][0] != key:
+                    raise ValueError(f"--config {path}: unknown option {key}.{inner}")
+                flat[inner] = inner_value
+        elif key in FIELDS:
+            flat[key] = value
+        else:
+            raise ValueError(f"--config {path}: unknown option {key!r}")
+    for key, value in flat.items():
+        config.set(key, value)
+
+
+# ---- validation ----------------------------------------------------------------------------------
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def validate(config: Config) -> None:
+    """Raise ValueError naming the option for any invalid value or conflicting pair."""
+    for name, (section, f) in FIELDS.items():
+        value = getattr(getattr(config, section), name)
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise ValueError(f"{_flag(name)}: {value!r} is not one of {', '.join(choices)}")
+
+    def need(cond: bool, name: str, what: str) -> None:
+        if not cond:
+            raise ValueError(f"{_flag(name)}: {what}")
+
+    m, d, r, a, o, run = config.model, config.data, config.rollout, config.algorithm, config.optimizer, config.run
+    need(bool(m.model_path), "model_path", "this preset needs a local model directory (nothing is downloaded)")
+    for name in ("num_test", "min_numbers", "min_value", "min_target", "max_prompt_tokens",
+                 "prompts_per_step", "samples_per_prompt", "max_new_tokens", "gen_batch_size",
+                 "ppo_epochs", "mini_batch_size", "micro_batch_tokens", "sync_bucket_mb", "sglang_tp",
+                 "max_bad_steps"):
+        need(getattr(getattr(config, FIELDS[name][0]), name) >= 1, name, "must be >= 1")
+    for name in ("num_train", "max_steps", "eval_every", "save_every", "log_samples", "warmup_steps",
+                 "threads", "top_k"):
+        need(getattr(getattr(config, FIELDS[name][0]), name) >= 0, name, "must be >= 0")
+    need(d.max_numbers <= 6, "max_numbers", "the solver handles at most 6 numbers")
+    need(d.min_numbers <= d.max_numbers, "min_numbers", "must be <= --max-numbers")
+    need(d.min_value <= d.max_value, "min_value", "must be <= --max-value")
+    need(d.min_target <= d.max_target, "min_target", "must be <= --max-target")
+    need(r.temperature > 0, "temperature", "rollouts sample: must be > 0 (evaluation is greedy anyway)")
+    need(0 < r.top_p <= 1, "top_p", "must be in (0, 1]")
+    need(0 < r.sglang_mem_fraction < 1, "sglang_mem_fraction", "must be in (0, 1)")
+    need(a.clip_low >= 0 and a.clip_high >= 0, "clip_low", "clip ranges must be >= 0")
+    need(a.dual_clip is None or a.dual_clip > 1, "dual_clip", "must be > 1")
+    need(a.kl_coef >= 0, "kl_coef", "must be >= 0")
+    need(a.entropy_coef >= 0, "entropy_coef", "must be >= 0")
+    need(0 <= a.gamma <= 1 and 0 <= a.lam <= 1, "gamma", "gamma and lam must be in [0, 1]")
+    need(a.value_clip > 0, "value_clip", "must be > 0")
+    need(a.correct_score > a.format_score >= 0, "format_score", "need 0 <= format_score < correct_score")
+    need(o.lr > 0, "lr", "must be > 0")
+    need(o.critic_lr > 0, "critic_lr", "must be > 0")
+    need(o.weight_decay >= 0 and o.grad_clip >= 0, "grad_clip", "grad_clip and weight_decay must be >= 0")
+    need(run.time_limit_minutes >= 0, "time_limit_minutes", "must be >= 0")
+    need(run.price_per_hour >= 0, "price_per_hour", "must be >= 0")
+    sequences = r.prompts_per_step * r.samples_per_prompt
+    need(sequences % a.mini_batch_size == 0 or a.mini_batch_size >= sequences, "mini_batch_size",
+         f"must divide prompts_per_step x samples_per_prompt = {sequences} (or be >= it)")
+    if a.algorithm in ("grpo", "dr_grpo", "rloo"):
+        need(r.samples_per_prompt >= 2, "samples_per_prompt",
+             f"{a.algorithm} compares samples within a group: needs >= 2")
+    if a.kl_in_reward:
+        need(a.algorithm in ("ppo", "reinforce_pp"), "kl_in_reward",
+             "a per-token KL reward needs a token-level estimator (--algorithm ppo or reinforce_pp)")
+    need(not (r.rollout == "sglang" and run.device == "cpu"), "rollout", "sglang needs --device cuda")
