@@ -1,0 +1,17 @@
+"""Shared test setup. Without a GPU, Triton kernels run through Triton's CPU interpreter; the switch
+must be set before anything imports triton, hence here (pytest imports conftest first)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture
+def device() -> torch.device:
+    """The device kernel tests run on: CUDA when present, else CPU (Triton via the interpreter)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
