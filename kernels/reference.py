@@ -10,6 +10,30 @@ import torch
 
 # ---- log-probs and entropy from hidden states (kernels/logprob.py) --------------------------------
 
+
+def fused_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    return_entropy: bool = False,
+) -> "torch.Tensor | tuple[torch.Tensor, torch.Tensor]":
+    """log_softmax(hidden @ weight.T / temperature) at `targets`, and the entropy of that softmax.
+
+    Materializes the [N, V] logits in fp32 (float64 when given float64, so tests can use it as the
+    oracle). Returns logp [N] (and entropy [N]) in that compute dtype.
+    """
+    compute_dtype = torch.promote_types(hidden.dtype, torch.float32)
+    logits = hidden.to(compute_dtype) @ weight.to(compute_dtype).T / temperature
+    logprobs = torch.log_softmax(logits, dim=-1)
+    logp = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    if not return_entropy:
+        return logp
+    entropy = -(logprobs.exp() * logprobs).sum(dim=-1)
+    return logp, entropy
+
+
 # ---- policy loss (kernels/policy_loss.py) ---------------------------------------------------------
 
 
