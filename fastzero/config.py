@@ -15,6 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 EMBEDDED_MODEL = "embedded:tiny-countdown"  # the tiny Qwen2 shipped in fastzero/assets/
+ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
+
+
+def resolve_model_path(path: str) -> str:
+    """The directory behind a --model-path value (the embedded model lives in the package)."""
+    return os.path.join(ASSETS, "tiny-countdown") if path == EMBEDDED_MODEL else path
 
 
 def opt(default: Any, help: str, choices: tuple | None = None) -> Any:
@@ -250,6 +256,18 @@ def load_config_file(config: Config, path: str) -> None:
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def check_paths(config: Config) -> None:
+    """Fail before any work when an input path does not exist (nothing is ever downloaded)."""
+    model = resolve_model_path(config.model.model_path)
+    if not os.path.isfile(os.path.join(model, "config.json")):
+        raise FileNotFoundError(f"--model-path: {config.model.model_path!r} is not a local model directory "
+                                "with a config.json (FastZero never downloads weights)")
+    for name in ("critic_path", "train_path", "test_path"):
+        value = getattr(getattr(config, FIELDS[name][0]), name)
+        if value is not None and not os.path.exists(resolve_model_path(value)):
+            raise FileNotFoundError(f"{_flag(name)}: {value!r} does not exist")
 
 
 def validate(config: Config) -> None:

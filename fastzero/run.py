@@ -18,19 +18,11 @@ from typing import Any
 import torch
 
 from . import checkpoint as ckpt
-from .config import EMBEDDED_MODEL, Config
+from .config import Config, resolve_model_path
 from .data import TaskData
 from .metrics import MetricsLog, ProgressBar, cost_summary, format_cost, plot_metrics
 from .model import CriticModel, load_causal_lm
 from .rollout import make_engine
-
-ASSETS = os.path.join(os.path.dirname(__file__), "assets")
-
-
-def resolve_model_path(path: str) -> str:
-    if path == EMBEDDED_MODEL:
-        return os.path.join(ASSETS, "tiny-countdown")
-    return path
 
 
 class Run:
@@ -52,9 +44,6 @@ class Run:
         from transformers import AutoTokenizer
 
         model_path = resolve_model_path(cfg.model.model_path)
-        if not os.path.isdir(model_path):
-            raise FileNotFoundError(f"--model-path: {model_path!r} is not a local model directory "
-                                    "(FastZero never downloads weights)")
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
         load = dict(dtype=dtype, device=self.device, attn_implementation=cfg.model.attn_implementation,
                     gradient_checkpointing=cfg.model.gradient_checkpointing)

