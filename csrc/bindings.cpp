@@ -1,0 +1,227 @@
+// Python bindings for the Countdown verifier/solver (module fastzero._countdown).
+//
+// Strings are read in CPython's own layout (PyUnicode_KIND + PyUnicode_DATA: 1, 2 or 4 bytes per
+// code point) instead of being encoded to UTF-8: no copy, no allocation, lone surrogates are just
+// code units, and non-ASCII text costs no more than ASCII. All arguments are validated and all
+// buffers gathered under the GIL; the scan then runs with the GIL released on std::threads. The
+// gathered tuple keeps every string alive even if the caller's list is mutated meanwhile.
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <atomic>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "countdown.h"
+
+namespace py = pybind11;
+using countdown::Verdict;
+
+namespace {
+
+// Names an argument or an item of it in error messages ("numbers[3][1]"); formatted only on error.
+struct Where {
+  const char* arg;
+  Py_ssize_t index = -1;
+  Py_ssize_t sub_index = -1;
+  Where item(Py_ssize_t k) const { return index < 0 ? Where{arg, k, -1} : Where{arg, index, k}; }
+  std::string str() const {
+    std::string out = arg;
+    if (index >= 0) out += "[" + std::to_string(index) + "]";
+    if (sub_index >= 0) out += "[" + std::to_string(sub_index) + "]";
+    return out;
+  }
+};
+
+struct Text {
+  const void* data;
+  size_t length;
+  int kind;  // PyUnicode_1BYTE_KIND, _2BYTE_KIND or _4BYTE_KIND
+};
+
+// Owned reference to a new or existing object; throws the pending Python error when null.
+py::object steal_or_throw(PyObject* obj) {
+  if (obj == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(obj);
+}
+
+std::string type_name(PyObject* obj) { return Py_TYPE(obj)->tp_name; }
+
+Text text_of(PyObject* obj, const Where& where) {
+  if (!PyUnicode_Check(obj)) throw py::type_error(where.str() + " must be a str, got " + type_name(obj));
+#if PY_VERSION_HEX < 0x030C0000
+  if (PyUnicode_READY(obj) != 0) throw py::error_already_set();
+#endif
+  return {PyUnicode_DATA(obj), static_cast<size_t>(PyUnicode_GET_LENGTH(obj)), static_cast<int>(PyUnicode_KIND(obj))};
+}
+
+// Accepts Python ints and anything with __index__ (numpy integers); rejects bool and floats.
+int64_t int_of(PyObject* obj, const Where& where) {
+  if (PyBool_Check(obj)) throw py::type_error(where.str() + " must be an int, got bool");
+  py::object index;
+  if (!PyLong_Check(obj)) {
+    if (!PyIndex_Check(obj)) throw py::type_error(where.str() + " must be an int, got " + type_name(obj));
+    PyObject* converted = PyNumber_Index(obj);
+    if (converted == nullptr) {
+      PyErr_Clear();
+      throw py::type_error(where.str() + " must be an int, got " + type_name(obj));
+    }
+    index = py::reinterpret_steal<py::object>(converted);
+    obj = converted;
+  }
+  int overflow = 0;
+  const long long value = PyLong_AsLongLongAndOverflow(obj, &overflow);
+  if (overflow != 0) throw py::value_error(where.str() + " does not fit in a signed 64-bit integer");
+  if (value == -1 && PyErr_Occurred()) throw py::error_already_set();
+  return value;
+}
+
+// Appends the ints of one problem's numbers to `out`.
+void append_numbers(PyObject* seq, const Where& where, std::vector<int64_t>& out) {
+  if (PyUnicode_Check(seq) || PyBytes_Check(seq)) {
+    throw py::type_error(where.str() + " must be a sequence of ints, got " + type_name(seq));
+  }
+  PyObject* fast_raw = PySequence_Fast(seq, "");
+  if (fast_raw == nullptr) {
+    PyErr_Clear();
+    throw py::type_error(where.str() + " must be a sequence of ints, got " + type_name(seq));
+  }
+  py::object fast = py::reinterpret_steal<py::object>(fast_raw);
+  const Py_ssize_t n = PySequence_Fast_GET_SIZE(fast_raw);
+  PyObject** items = PySequence_Fast_ITEMS(fast_raw);
+  for (Py_ssize_t k = 0; k < n; ++k) {
+    out.push_back(int_of(items[k], where.item(k)));
+  }
+}
+
+Verdict verify_text(const Text& text, const int64_t* numbers, size_t count, int64_t target) {
+  switch (text.kind) {
+    case PyUnicode_1BYTE_KIND:
+      return countdown::verify(static_cast<const uint8_t*>(text.data), text.length, numbers, count, target);
+    case PyUnicode_2BYTE_KIND:
+      return countdown::verify(static_cast<const uint16_t*>(text.data), text.length, numbers, count, target);
+    default:
+      return countdown::verify(static_cast<const uint32_t*>(text.data), text.length, numbers, count, target);
+  }
+}
+
+double reward(Verdict verdict, double format_score, double correct_score) {
+  if (verdict == Verdict::kNoAnswer) return 0.0;
+  return verdict == Verdict::kCorrect ? correct_score : format_score;
+}
+
+// A tuple holding the items of `arg` (which must not be a str/bytes): our own references.
+py::tuple items_of(py::handle arg, const char* name) {
+  PyObject* obj = arg.ptr();
+  if (PyUnicode_Check(obj) || PyBytes_Check(obj) || !PySequence_Check(obj)) {
+    throw py::type_error(std::string(name) + " must be a sequence, got " + type_name(obj));
+  }
+  return py::reinterpret_steal<py::tuple>(steal_or_throw(PySequence_Tuple(obj)).release());
+}
+
+double score(py::handle response, py::handle numbers, py::handle target, double format_score,
+             double correct_score) {
+  const Text text = text_of(response.ptr(), Where{"response"});
+  std::vector<int64_t> values;
+  append_numbers(numbers.ptr(), Where{"numbers"}, values);
+  const int64_t goal = int_of(target.ptr(), Where{"target"});
+  Verdict verdict;
+  if (text.length > (size_t(1) << 16)) {  // long text: let other Python threads run meanwhile
+    py::gil_scoped_release release;
+    verdict = verify_text(text, values.data(), values.size(), goal);
+  } else {
+    verdict = verify_text(text, values.data(), values.size(), goal);
+  }
+  return reward(verdict, format_score, correct_score);
+}
+
+py::list score_batch(py::handle responses, py::handle numbers, py::handle targets, double format_score,
+                     double correct_score, int num_threads) {
+  if (num_threads < 1) throw py::value_error("num_threads must be >= 1, got " + std::to_string(num_threads));
+  const py::tuple response_items = items_of(responses, "responses");
+  const py::tuple number_items = items_of(numbers, "numbers");
+  const py::tuple target_items = items_of(targets, "targets");
+  const size_t n = response_items.size();
+  if (number_items.size() != n || target_items.size() != n) {
+    throw py::value_error("responses, numbers and targets must have the same length, got " +
+                          std::to_string(n) + ", " + std::to_string(number_items.size()) + " and " +
+                          std::to_string(target_items.size()));
+  }
+  std::vector<Text> texts(n);
+  std::vector<int64_t> flat_numbers;
+  std::vector<size_t> offsets(n + 1, 0);
+  std::vector<int64_t> goals(n);
+  flat_numbers.reserve(n * 4);
+  for (size_t i = 0; i < n; ++i) {
+    const auto k = static_cast<Py_ssize_t>(i);
+    texts[i] = text_of(PyTuple_GET_ITEM(response_items.ptr(), k), Where{"responses", k});
+    append_numbers(PyTuple_GET_ITEM(number_items.ptr(), k), Where{"numbers", k}, flat_numbers);
+    offsets[i + 1] = flat_numbers.size();
+    goals[i] = int_of(PyTuple_GET_ITEM(target_items.ptr(), k), Where{"targets", k});
+  }
+
+  std::vector<Verdict> verdicts(n);
+  {
+    py::gil_scoped_release release;
+    constexpr size_t kChunk = 64;  // responses per work item: small enough to balance uneven lengths
+    std::atomic<size_t> next{0};
+    auto worker = [&]() {
+      for (size_t begin; (begin = next.fetch_add(kChunk)) < n;) {
+        const size_t end = std::min(n, begin + kChunk);
+        for (size_t i = begin; i < end; ++i) {
+          verdicts[i] = verify_text(texts[i], flat_numbers.data() + offsets[i],
+                                    offsets[i + 1] - offsets[i], goals[i]);
+        }
+      }
+    };
+    const size_t threads = std::min<size_t>(static_cast<size_t>(num_threads), (n + kChunk - 1) / kChunk);
+    std::vector<std::thread> pool;
+    for (size_t t = 1; t < threads; ++t) pool.emplace_back(worker);
+    worker();
+    for (std::thread& thread : pool) thread.join();
+  }
+
+  // Only three distinct rewards exist: share three float objects instead of making n of them.
+  const py::float_ rewards[4] = {py::float_(0.0), py::float_(format_score), py::float_(format_score),
+                                 py::float_(correct_score)};
+  py::list out(n);
+  for (size_t i = 0; i < n; ++i) {
+    PyObject* value = rewards[static_cast<int>(verdicts[i])].ptr();
+    Py_INCREF(value);
+    PyList_SET_ITEM(out.ptr(), i, value);
+  }
+  return out;
+}
+
+py::object solve(py::handle numbers, py::handle target) {
+  std::vector<int64_t> values;
+  append_numbers(numbers.ptr(), Where{"numbers"}, values);
+  if (values.empty() || values.size() > countdown::kMaxSolveNumbers) {
+    throw py::value_error("solve needs 1 to " + std::to_string(countdown::kMaxSolveNumbers) +
+                          " numbers, got " + std::to_string(values.size()));
+  }
+  const int64_t goal = int_of(target.ptr(), Where{"target"});
+  std::optional<std::string> expression;
+  {
+    py::gil_scoped_release release;
+    expression = countdown::solve(values, goal);
+  }
+  if (!expression) return py::none();
+  return py::str(*expression);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_countdown, m) {
+  m.doc() = "C++ Countdown verifier and solver; use fastzero.tasks.countdown.verifier instead.";
+  m.def("score", &score, py::arg("response"), py::arg("numbers"), py::arg("target"),
+        py::arg("format_score"), py::arg("correct_score"));
+  m.def("score_batch", &score_batch, py::arg("responses"), py::arg("numbers"), py::arg("targets"),
+        py::arg("format_score"), py::arg("correct_score"), py::arg("num_threads"));
+  m.def("solve", &solve, py::arg("numbers"), py::arg("target"));
+  m.attr("MAX_ANSWER_CHARS") = countdown::kMaxAnswerChars;
+  m.attr("MAX_PAREN_DEPTH") = countdown::kMaxParenDepth;
+  m.attr("VALUE_LIMIT") = countdown::kValueLimit;
+  m.attr("MAX_SOLVE_NUMBERS") = countdown::kMaxSolveNumbers;
+}
