@@ -1,0 +1,15 @@
+"""FastZero's hot paths as Triton kernels (installed as `fastzero.kernels`).
+
+- `fused_logprobs`: token log-probs and entropy straight from hidden states, in bounded chunks,
+  never materializing [tokens x vocab] logits.
+- `policy_loss`: the PPO/GRPO clipped loss with KL and entropy terms, forward and backward in one pass.
+- `group_advantages` (grpo, dr_grpo, rloo), `gae`, `whiten`, `reinforce_pp_advantages`.
+Each has a plain PyTorch twin in `fastzero.kernels.reference`. The path is chosen per call from the
+tensors' device (kernels/_dispatch.py); FASTZERO_KERNELS=auto|triton|torch|reference forces one.
+"""
+from .advantage import gae, group_advantages, reinforce_pp_advantages, whiten
+from .logprob import fused_logprobs
+from .policy_loss import policy_loss, token_loss_terms, token_weights
+
+__all__ = ["fused_logprobs", "policy_loss", "token_loss_terms", "token_weights", "group_advantages", "gae",
+           "whiten", "reinforce_pp_advantages"]
