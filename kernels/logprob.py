@@ -57,32 +57,37 @@ def _logprob_stats_kernel(
 ):
     row = tl.program_id(0).to(tl.int64)
     logits_row = logits_ptr + row * logits_row_stride
-    # Online state: m = running max, s = sum exp(z - m), t = sum exp(z - m) * (z - m). Keeping t
-    # relative to m (not sum p*z) avoids cancelling two numbers of the size of the logits.
-    m = tl.max(tl.full([BLOCK_V], float("-inf"), tl.float32), axis=0)
-    s = tl.sum(tl.zeros([BLOCK_V], tl.float32), axis=0)
-    t = tl.sum(tl.zeros([BLOCK_V], tl.float32), axis=0)
+    # Online state per lane (reduced across lanes once, after the loop: no per-block reductions):
+    # m = running max, s = sum exp(z - m), t = sum exp(z - m) * (z - m). t stays relative to m
+    # (not sum p*z) so the entropy never cancels two numbers of the size of the logits. m starts
+    # at a finite -1e30, not -inf, so lanes that saw nothing yet give 0 * finite, never inf - inf.
+    m = tl.full([BLOCK_V], -1e30, tl.float32)
+    s = tl.full([BLOCK_V], 0.0, tl.float32)
+    t = tl.full([BLOCK_V], 0.0, tl.float32)
     for start in tl.range(0, n_vocab, BLOCK_V):
         cols = start + tl.arange(0, BLOCK_V)
         mask = cols < n_vocab
         z = tl.load(logits_row + cols, mask=mask, other=float("-inf")).to(tl.float32) * inv_temperature
-        m_new = tl.maximum(m, tl.max(z, axis=0))
-        # <= 0. On the first block m = -inf and s = t = 0: the clamp keeps shift * s at 0, not nan.
-        shift = tl.maximum(m - m_new, -1e30)
+        m_new = tl.maximum(m, z)
+        shift = m - m_new  # <= 0
         alpha = tl.exp(shift)
-        t = alpha * (t + shift * s)
-        s = s * alpha
         d = tl.where(mask, z - m_new, 0.0)
         e = tl.where(mask, tl.exp(d), 0.0)
-        s += tl.sum(e, axis=0)
-        t += tl.sum(e * d, axis=0)
+        t = alpha * (t + shift * s) + e * d
+        s = alpha * s + e
         m = m_new
-    log_s = tl.log(s)
-    lse = m + log_s
+    # Merge the lanes: rescale every lane to the row max m_row the same way.
+    m_row = tl.max(m, axis=0)
+    shift = m - m_row
+    alpha = tl.exp(shift)
+    s_row = tl.sum(alpha * s, axis=0)
+    t_row = tl.sum(alpha * (t + shift * s), axis=0)
+    log_s = tl.log(s_row)
+    lse = m_row + log_s
     target = tl.load(targets_ptr + row)
     target_logit = tl.load(logits_row + target).to(tl.float32) * inv_temperature
     tl.store(logp_ptr + row, target_logit - lse)
-    tl.store(entropy_ptr + row, log_s - t / s)
+    tl.store(entropy_ptr + row, log_s - t_row / s_row)
     tl.store(lse_ptr + row, lse)
 
 
@@ -114,7 +119,7 @@ def _logprob_grad_kernel(
         z = tl.load(logits_row + cols, mask=mask, other=0.0).to(tl.float32) * inv_temperature
         logp = z - lse
         p = tl.exp(logp)
-        grad = tl.zeros([BLOCK_V], tl.float32)
+        grad = tl.full([BLOCK_V], 0.0, tl.float32)
         if HAS_GRAD_LOGP:
             grad += g_logp * (tl.where(cols == target, 1.0, 0.0) - p)
         if HAS_GRAD_ENTROPY:
@@ -193,8 +198,9 @@ def _mixed_matmul_ok(device_type: str, device_index: Optional[int], dtype: torch
     falls back to upcasting (correct, slower) instead of failing or silently losing precision."""
     device = torch.device(device_type, device_index)
     try:
-        a = torch.randn(3, 5, device=device).to(dtype)
-        b = torch.randn(5, 4, device=device).to(dtype)
+        # Fixed values, not torch.randn: the probe must not move the caller's RNG stream.
+        a = (torch.arange(15, device=device, dtype=torch.float32).view(3, 5) / 7 - 1).to(dtype)
+        b = (torch.arange(20, device=device, dtype=torch.float32).view(5, 4) / 9 - 1).to(dtype)
         want = a.float() @ b.float()
         got = torch.empty(3, 4, device=device)
         torch.mm(a, b, out_dtype=torch.float32, out=got)
@@ -208,7 +214,7 @@ def _mixed_matmul_ok(device_type: str, device_index: Optional[int], dtype: torch
 class _Plan:
     """How the matmuls run for these inputs: operand dtype, whether fp32 output is native, buffers."""
 
-    def __init__(self, hidden: torch.Tensor, weight: torch.Tensor, backend: str, budget_bytes: Optional[int]):
+    def __init__(self, weight: torch.Tensor, backend: str, budget_bytes: Optional[int] = None):
         low_precision = weight.dtype != torch.float32
         d = weight.device
         self.mixed = low_precision and _mixed_matmul_ok(d.type, d.index, weight.dtype)
@@ -292,7 +298,7 @@ def _chunk_forward_backward(
     `backend`: "triton" or "torch" (default: backend_for(hidden_chunk.device), reference -> torch).
     """
     backend = backend or backend_for(hidden_chunk.device)
-    plan = _Plan(hidden_chunk, weight, "triton" if backend == "triton" else "torch", None)
+    plan = _Plan(weight, "triton" if backend == "triton" else "torch")
     inv_temperature = 1.0 / float(temperature)
     hidden_op, weight_op = plan.operand(hidden_chunk), plan.operand(weight)
     targets_chunk = targets_chunk.contiguous()
@@ -313,7 +319,8 @@ def _chunk_forward_backward(
 class _FusedLogprobsFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, temperature: float, backend: str):
-        plan = _Plan(hidden, weight, backend, None)
+        budget = CHUNK_BUDGET_BYTES  # read once: the backward keeps the forward's budget
+        plan = _Plan(weight, backend, budget)
         inv_temperature = 1.0 / temperature
         n_tokens, n_vocab = hidden.shape[0], weight.shape[0]
         hidden_op, weight_op = plan.operand(hidden), plan.operand(weight)
@@ -324,7 +331,7 @@ class _FusedLogprobsFunction(torch.autograd.Function):
             logits = plan.logits(hidden_op[rows], weight_op, out=logits_buf[: rows.stop - start])
             logp[rows], entropy[rows], lse[rows] = _chunk_stats(plan, logits, targets[rows], inv_temperature)
         ctx.save_for_backward(hidden, weight, targets, lse, entropy)
-        ctx.temperature, ctx.backend = temperature, backend
+        ctx.temperature, ctx.backend, ctx.budget = temperature, backend, budget
         ctx.set_materialize_grads(False)
         return logp, entropy
 
@@ -336,7 +343,7 @@ class _FusedLogprobsFunction(torch.autograd.Function):
         if grad_logp is None and grad_entropy is None:
             return None, None, None, None, None
         grad_logp, grad_entropy = _as_fp32(grad_logp), _as_fp32(grad_entropy)
-        plan = _Plan(hidden, weight, ctx.backend, None)
+        plan = _Plan(weight, ctx.backend, ctx.budget)
         inv_temperature = 1.0 / ctx.temperature
         n_tokens, n_vocab = hidden.shape[0], weight.shape[0]
         hidden_op, weight_op = plan.operand(hidden), plan.operand(weight)
