@@ -11,6 +11,12 @@ second row kernel turns them into dL/dlogits in place,
     dL/dz = g_logp * (onehot - p) - g_entropy * p * (log p + H),   divided by T,
 then grad_hidden[chunk] = dL/dlogits @ weight and grad_weight += dL/dlogits.T @ hidden[chunk].
 FLOPs: 2NHV forward + 6NHV backward (recompute + two matmuls) = the 8NHV floor the benchmark uses.
+Why this split: the matmuls are >99% of the FLOPs and cuBLAS runs them near peak; the row kernels
+only stream the fp32 chunk (memory-bound, one read in the forward, one read + one write in the
+backward). Recomputing the logits costs 2NHV but saves holding N x V (Liger's fused linear cross
+entropy makes the same trade). A fully fused Triton matmul + softmax was not attempted: it must beat
+cuBLAS on the matmul to win. Measured so far only on CPU (bench/RESULTS.md): the chunked PyTorch
+path runs at the reference's speed with a fraction of its memory; GPU timings: not measured yet.
 
 Memory bound (tested in tests/test_logprob.py): apart from the inputs, outputs, saved [N] vectors,
 grad_hidden [N, H] and one fp32 grad_weight accumulator [V, H], the largest temporaries are the
