@@ -215,12 +215,12 @@ class ExpressionParser {
     while (i_ < n_ && s_[i_] >= '0' && s_[i_] <= '9') ++i_;
     const size_t digits = i_ - start;
     if (digits > 1 && s_[start] == '0') return false;  // leading zero
-    if (digits > 18) return false;                      // >= 10^18 > 2^62: matches no number
-    int64_t v = 0;
-    for (size_t k = start; k < i_; ++k) v = v * 10 + (s_[k] - '0');
-    if (v >= kValueLimit || literal_count_ == max_literals_) return false;
-    literals_[literal_count_++] = v;
-    value = {v, 1};
+    if (digits > 19) return false;  // >= 10^19 > 2^62; 19 digits still fit in uint64 below
+    uint64_t v = 0;
+    for (size_t k = start; k < i_; ++k) v = v * 10 + static_cast<uint64_t>(s_[k] - '0');
+    if (v >= static_cast<uint64_t>(kValueLimit) || literal_count_ == max_literals_) return false;
+    literals_[literal_count_++] = static_cast<int64_t>(v);
+    value = {static_cast<int64_t>(v), 1};
     return true;
   }
 
