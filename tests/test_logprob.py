@@ -187,6 +187,22 @@ def test_chunk_forward_backward_one_pass(device, chunk_backend):
     assert_grad_close(grad_weight, w64.grad, 1e-5)
 
 
+def test_agrees_with_liger_fused_linear_cross_entropy(device):
+    """An outside cross-check: Liger's per-token cross entropy is -logp (values and d/dhidden, d/dW)."""
+    liger = pytest.importorskip("liger_kernel.transformers.functional", reason="liger-kernel not installed")
+    hidden, weight, targets = make_inputs(4, 16, 100, torch.float32, device, seed=6)
+    grad = torch.randn(4, generator=torch.Generator().manual_seed(8)).to(device)
+    grads = []
+    for fn in (lambda h, w: fused_logprobs(h, w, targets),
+               lambda h, w: -liger.liger_fused_linear_cross_entropy(h, w, targets, reduction="none")):
+        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        logp = fn(h, w)
+        logp.backward(grad)
+        grads.append((logp.detach(), h.grad, w.grad))
+    for ours, theirs in zip(*grads):
+        torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=2e-5)
+
+
 def test_chunk_rows_respects_budget():
     assert LP.chunk_rows(151936, 4) * 151936 * 4 <= 256 * 2**20
     assert LP.chunk_rows(151936, 6) == 256 * 2**20 // (151936 * 6)
