@@ -1,0 +1,325 @@
+"""Models for training: load a local HF causal LM, a critic on the same backbone, and per-token
+log-probs of a response computed from hidden states (never [B, T, V] logits).
+
+Backends are chosen once, at load time, and reported (ModelBackends):
+- GPU: bf16; flash_attention_2 when flash_attn is importable, else SDPA; Liger's Triton RMSNorm,
+  RoPE and SwiGLU when liger_kernel is installed (its fused-linear cross entropy is switched off:
+  we never call the LM head through forward).
+- CPU: fp32 and SDPA; no Liger (its kernels are Triton, GPU only).
+With flash_attention_2 the padded batch is packed into one row whose position ids restart at 0 per
+sequence (transformers then runs varlen attention with no padding FLOPs); with SDPA/eager the
+padded batch goes through as is, since a packed row there would need a [total, total] mask.
+
+Position ids follow one rule everywhere (the rollout engine uses it too): cumsum(mask) - 1, so a
+left-padded row sees the same positions it would alone, and packed positions equal padded ones.
+Nothing is ever downloaded: paths must be local directories (local_files_only=True).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+ATTN_IMPLEMENTATIONS = ("auto", "flash_attention_2", "sdpa", "eager")
+VALUE_HEAD_FILE = "value_head.safetensors"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelBackends:
+    attn_implementation: str  # what transformers runs: flash_attention_2 | sdpa | eager
+    liger: bool  # Liger RMSNorm/RoPE/SwiGLU patched in
+    dtype: torch.dtype
+    device: torch.device
+
+
+# ---- loading ---------------------------------------------------------------------------------------
+
+
+def _check_model_dir(path: str | os.PathLike) -> Path:
+    directory = Path(path)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"model directory not found: {str(directory)!r} (models are never downloaded)")
+    if not (directory / "config.json").is_file():
+        raise FileNotFoundError(f"no config.json in model directory {str(directory)!r}")
+    return directory
+
+
+def _flash_attn_available() -> bool:
+    from transformers.utils import is_flash_attn_2_available
+
+    return bool(is_flash_attn_2_available())
+
+
+def _liger_available() -> bool:
+    try:
+        import liger_kernel.transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def choose_backends(device: str | torch.device = "cpu", dtype: str | torch.dtype = "auto",
+                    attn_implementation: str = "auto", use_liger: bool | None = None) -> ModelBackends:
+    """Resolve "auto" choices for `device`; raise a clear error for a request that cannot be met."""
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device} requested but CUDA is not available")
+    if attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {attn_implementation!r}")
+    on_gpu = device.type == "cuda"
+    if dtype == "auto":
+        dtype = torch.bfloat16 if on_gpu else torch.float32
+    elif isinstance(dtype, str):
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(f"unknown dtype {dtype!r}")
+        dtype = getattr(torch, dtype)
+    flash = on_gpu and _flash_attn_available()
+    if attn_implementation == "auto":
+        attn_implementation = "flash_attention_2" if flash else "sdpa"
+    elif attn_implementation == "flash_attention_2" and not flash:
+        raise RuntimeError("attn_implementation='flash_attention_2' needs a CUDA device and `pip install flash-attn`")
+    liger_ok = on_gpu and _liger_available()
+    if use_liger and not liger_ok:
+        raise RuntimeError("use_liger=True needs a CUDA device and `pip install liger-kernel`")
+    return ModelBackends(attn_implementation, liger_ok if use_liger is None else bool(use_liger), dtype, device)
+
+
+def _finish(model: nn.Module, backends: ModelBackends, gradient_checkpointing: bool) -> nn.Module:
+    model.to(backends.device)
+    if backends.liger:
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+        # cross entropy stays ours: the LM head is never run through forward (see sequence_logprobs).
+        _apply_liger_kernel_to_instance(model=model, rope=True, rms_norm=True, swiglu=True,
+                                        cross_entropy=False, fused_linear_cross_entropy=False)
+    if gradient_checkpointing:
+        # transformers 5.x renamed it activation checkpointing; non-reentrant works with frozen inputs.
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    logger.info("loaded %s: attention=%s liger=%s dtype=%s device=%s", type(model).__name__,
+                backends.attn_implementation, backends.liger, backends.dtype, backends.device)
+    return model
+
+
+def load_causal_lm(path: str | os.PathLike, *, dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu",
+                   attn_implementation: str = "auto", gradient_checkpointing: bool = False,
+                   use_liger: bool | None = None) -> tuple[nn.Module, ModelBackends]:
+    """Load a local HF causal LM; returns (model, the backends chosen)."""
+    directory = _check_model_dir(path)
+    backends = choose_backends(device, dtype, attn_implementation, use_liger)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=backends.dtype, local_files_only=True,
+                                                 attn_implementation=backends.attn_implementation)
+    return _finish(model, backends, gradient_checkpointing), backends
+
+
+# ---- hidden states, LM head, packing ------------------------------------------------------------------
+
+
+def default_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """cumsum(mask) - 1, clamped at 0: each row counts from its own first real token."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)
+
+
+def lm_head_weight(model: nn.Module) -> torch.Tensor:
+    """The [V, H] output projection (the embedding matrix itself when embeddings are tied)."""
+    head = model.get_output_embeddings()
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no LM head")
+    return head.weight
+
+
+def hidden_states(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                  position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """The final-norm hidden states [B, T, H] of the model body (model.model for a causal LM)."""
+    if position_ids is None and attention_mask is not None:
+        position_ids = default_position_ids(attention_mask)
+    out = model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                           use_cache=False)
+    return out.last_hidden_state
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedBatch:
+    input_ids: torch.Tensor  # [1, total] the real tokens of every row, row after row
+    position_ids: torch.Tensor  # [1, total] restarting at 0 for each row
+    flat_index: torch.Tensor  # [total] where each packed token sits in the flattened [B * T] batch
+    shape: tuple[int, int]  # (B, T) of the padded batch
+
+
+def pack_padded(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> PackedBatch:
+    """Padded [B, T] batch (padding at either end) -> one packed row; see unpack_padded."""
+    if input_ids.shape != attention_mask.shape or input_ids.dim() != 2:
+        raise ValueError(f"input_ids and attention_mask must be the same [B, T]; got "
+                         f"{tuple(input_ids.shape)} and {tuple(attention_mask.shape)}")
+    mask = attention_mask.bool().flatten()
+    flat_index = mask.nonzero().squeeze(-1)
+    positions = default_position_ids(attention_mask).flatten()[flat_index]
+    return PackedBatch(input_ids.flatten()[flat_index][None], positions[None], flat_index,
+                       (input_ids.shape[0], input_ids.shape[1]))
+
+
+def unpack_padded(packed_values: torch.Tensor, packed: PackedBatch) -> torch.Tensor:
+    """Packed-row values [1, total, ...] -> [B, T, ...] with zeros at padding (differentiable)."""
+    total = packed.flat_index.numel()
+    if packed_values.dim() < 2 or packed_values.shape[0] != 1 or packed_values.shape[1] != total:
+        raise ValueError(f"packed values must be [1, {total}, ...]; got {tuple(packed_values.shape)}")
+    values = packed_values[0]
+    batch, width = packed.shape
+    out = values.new_zeros((batch * width, *values.shape[1:])).index_copy(0, packed.flat_index, values)
+    return out.view(batch, width, *values.shape[1:])
+
+
+def uses_packing(model: nn.Module) -> bool:
+    """Pack only where attention is varlen (flash_attention_2); elsewhere a packed row costs T^2 mask."""
+    return getattr(model.config, "_attn_implementation", None) == "flash_attention_2"
+
+
+def _token_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  packed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hidden states of the real tokens as [M, H] rows, and a map flat [B*T] position -> row (-1 pad)."""
+    batch, width = input_ids.shape
+    if packed:
+        pk = pack_padded(input_ids, attention_mask)
+        rows = hidden_states(model, pk.input_ids, None, pk.position_ids)[0]
+        row_of = torch.full((batch * width,), -1, dtype=torch.long, device=input_ids.device)
+        row_of[pk.flat_index] = torch.arange(pk.flat_index.numel(), device=input_ids.device)
+        return rows, row_of
+    rows = hidden_states(model, input_ids, attention_mask).flatten(0, 1)
+    return rows, torch.arange(batch * width, device=input_ids.device)
+
+
+# ---- log-probs of responses ----------------------------------------------------------------------------
+
+
+def sequence_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      response_mask: torch.Tensor, *, temperature: float = 1.0, return_entropy: bool = False,
+                      packed: bool | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """log p(input_ids[b, t] | input_ids[b, :t]) at response positions, as [B, T] fp32 (0 elsewhere).
+
+    Only the hidden states that predict a response token go through the LM head, via
+    fastzero.kernels.logprob.fused_logprobs (chunked; no [B, T, V] logits). With return_entropy also
+    the entropy of each of those next-token distributions, aligned the same way. packed=None packs
+    when the model runs flash_attention_2 (see uses_packing). Differentiable.
+    """
+    from fastzero.kernels.logprob import fused_logprobs
+
+    if not (input_ids.shape == attention_mask.shape == response_mask.shape) or input_ids.dim() != 2:
+        raise ValueError(f"input_ids, attention_mask and response_mask must share one [B, T] shape; got "
+                         f"{tuple(input_ids.shape)}, {tuple(attention_mask.shape)}, {tuple(response_mask.shape)}")
+    response, real = response_mask.bool(), attention_mask.bool()
+    if bool((response & ~real).any()):
+        raise ValueError("response_mask marks padding positions (attention_mask == 0)")
+    if bool(response[:, 0].any()):
+        raise ValueError("response_mask marks column 0: a response token needs a token before it")
+    flat_targets = response.flatten().nonzero().squeeze(-1)
+    if not bool(real.flatten()[flat_targets - 1].all()):
+        raise ValueError("a response token follows padding: attention_mask must be one contiguous run per row")
+    batch, width = input_ids.shape
+    rows, row_of = _token_hidden(model, input_ids, attention_mask, uses_packing(model) if packed is None else packed)
+    # The token at flat position p is predicted by the hidden state at p - 1 (same row, checked above).
+    predicting = rows[row_of[flat_targets - 1]]
+    result = fused_logprobs(predicting, lm_head_weight(model), input_ids.flatten()[flat_targets],
+                            temperature=temperature, return_entropy=return_entropy)
+
+    def scatter(values: torch.Tensor) -> torch.Tensor:
+        return values.new_zeros(batch * width).scatter(0, flat_targets, values).view(batch, width)
+
+    if return_entropy:
+        logp, entropy = result
+        return scatter(logp), scatter(entropy)
+    return scatter(result)
+
+
+# ---- critic ----------------------------------------------------------------------------------------------
+
+
+class CriticModel(nn.Module):
+    """The policy's backbone (no LM head) plus a scalar value head: values [B, T] in fp32.
+
+    The head is kept in fp32 (H + 1 numbers) whatever the backbone dtype: value regression targets
+    are returns, and bf16 would round them to ~3 significant digits. Small random init (std = the
+    config's initializer_range / sqrt(H)) and zero bias, so initial values are ~0.
+    """
+
+    def __init__(self, backbone: nn.Module, value_head: nn.Linear | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        hidden = backbone.config.hidden_size
+        if value_head is None:
+            value_head = nn.Linear(hidden, 1, dtype=torch.float32, device=next(backbone.parameters()).device)
+            std = getattr(backbone.config, "initializer_range", 0.02) / hidden ** 0.5
+            nn.init.normal_(value_head.weight, std=std)
+            nn.init.zeros_(value_head.bias)
+        self.value_head = value_head
+
+    @property
+    def config(self):
+        return self.backbone.config
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, dtype: str | torch.dtype = "auto",
+                        device: str | torch.device = "cpu", attn_implementation: str = "auto",
+                        gradient_checkpointing: bool = False, use_liger: bool | None = None) -> "CriticModel":
+        """From a saved critic, or from a causal-LM directory (the body is taken, the head initialized)."""
+        directory = _check_model_dir(path)
+        backends = choose_backends(device, dtype, attn_implementation, use_liger)
+        from safetensors.torch import load_file
+        from transformers import AutoModel
+
+        backbone = AutoModel.from_pretrained(directory, dtype=backends.dtype, local_files_only=True,
+                                             attn_implementation=backends.attn_implementation)
+        critic = cls(_finish(backbone, backends, gradient_checkpointing))
+        head_file = directory / VALUE_HEAD_FILE
+        if head_file.is_file():
+            critic.value_head.load_state_dict(load_file(str(head_file), device=str(backends.device)))
+        return critic
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write into a temporary sibling directory, then swap it in: never a half-written critic."""
+        from safetensors.torch import save_file
+
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            self.backbone.save_pretrained(staging)
+            head = {k: v.detach().contiguous().cpu() for k, v in self.value_head.state_dict().items()}
+            save_file(head, str(staging / VALUE_HEAD_FILE))
+            if target.exists():
+                retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+                os.replace(target, retired / "critic")
+                os.replace(staging, target)
+                shutil.rmtree(retired, ignore_errors=True)
+            else:
+                os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                position_ids: torch.Tensor | None = None, packed: bool | None = None) -> torch.Tensor:
+        """Values [B, T] (fp32; 0 at padding when packed, unspecified padding values otherwise)."""
+        if position_ids is not None:  # the caller laid the batch out itself
+            hidden = hidden_states(self.backbone, input_ids, attention_mask, position_ids)
+            return self.value_head(hidden.float()).squeeze(-1)
+        use_packing = uses_packing(self.backbone) if packed is None else packed
+        rows, row_of = _token_hidden(self.backbone, input_ids, attention_mask, use_packing)
+        values = self.value_head(rows.float()).squeeze(-1)
+        if not use_packing:
+            return values.view(input_ids.shape)
+        flat_real = row_of >= 0
+        out = values.new_zeros(input_ids.numel())
+        return out.masked_scatter(flat_real, values).view(input_ids.shape)
