@@ -77,7 +77,7 @@ def default_problems():
 
 @pytest.mark.parametrize(
     "numbers, target, expected",
-    [((3, 7, 12), 19, True), ((1, 1), 5, False), ((2, 3, 4), 24, True), ((4, 6), 10, True),
+    [((3, 7, 12), 16, True), ((3, 7, 12), 19, False), ((1, 1), 5, False), ((2, 3, 4), 24, True), ((4, 6), 10, True),
      ((5,), 5, True), ((5,), 4, False), ((1, 5, 5, 5), 24, True), ((3, 3, 8, 8), 24, True),
      ((1, 2, 3), 100, False)],
 )
@@ -148,12 +148,33 @@ def test_exclude_keeps_generation_away_from_given_keys(default_problems):
     assert as_keys == fresh
 
 
+def test_exclude_with_ranges_too_wide_for_integer_key_ids():
+    # 30000**4 * 10 keys do not fit int64: the generator keys its sets by tuples instead.
+    wide = dict(min_numbers=4, max_numbers=4, max_value=30_000, max_target=10)
+    first = generate_problems(4, seed=0, **wide)
+    again = generate_problems(4, seed=0, exclude=first[:2], **wide)
+    assert not keys(again) & keys(first[:2]) and again[:2] == first[2:]
+    assert all(brute_force_solvable(p.numbers, p.target) for p in again)
+
+
+def test_key_ids_match_keys_in_both_encodings():
+    import numpy as np
+
+    rows = np.array([[1, 2, 3], [1, 2, 3], [1, 2, 4], [2, 2, 3], [1, 2, 3]])
+    targets = np.array([5, 6, 5, 5, 5])
+    for max_value in (9, 10**9):  # int ids, and the tuple fallback
+        ids = P._key_codes(rows, targets, P.Ranges(min_numbers=3, max_numbers=3, max_value=max_value))
+        assert [ids.index(i) for i in ids] == [0, 1, 2, 3, 0]
+
+
 def test_exhausting_a_small_space_fails_clearly():
     one = dict(min_numbers=1, max_numbers=1, min_value=1, max_value=5, min_target=1, max_target=5)
     # Only (k,) -> k is solvable with one number: 5 problems out of 25 keys.
     assert sorted(p.key for p in generate_problems(5, seed=0, **one)) == [((k,), k) for k in range(1, 6)]
-    with pytest.raises(ValueError, match="all 25 problems with 1 numbers .* only 5 are solvable"):
+    with pytest.raises(ValueError, match="all 25 such problems .* only 5 are solvable"):
         generate_problems(6, seed=0, **one)
+    with pytest.raises(ValueError, match=r"of them get \d numbers .* such problems exist"):
+        generate_problems(5, seed=0, min_numbers=1, max_numbers=2, max_value=2, max_target=1)  # 2 + 3 keys
     with pytest.raises(ValueError, match="hold only 25"):
         generate_problems(26, seed=0, **one)
     with pytest.raises(ValueError, match="only 2 are solvable and not excluded"):
@@ -232,6 +253,16 @@ def test_save_load_round_trip(tmp_path, default_problems, suffix):
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left behind
     save_problems([], path)
     assert load_problems(path) == []
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_saved_file_mode_follows_umask(tmp_path, suffix):
+    old = os.umask(0o022)
+    try:
+        save_problems([Problem((1, 2), 3)], tmp_path / f"p{suffix}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / f"p{suffix}").stat().st_mode & 0o777 == 0o644
 
 
 def test_loads_tinyzero_prepared_and_raw_parquet(tmp_path):
@@ -366,13 +397,13 @@ def test_cli_generate_rejects_bad_arguments_naming_the_option(tmp_path, capsys, 
 
 
 def test_cli_solve_score_show(tmp_path, capsys):
-    assert cli_main(["solve", "3", "7", "12", "--target", "19"]) == 0
+    assert cli_main(["solve", "3", "7", "12", "--target", "16"]) == 0
     expression = capsys.readouterr().out.strip()
-    assert score(f"<answer>{expression}</answer>", [3, 7, 12], 19) == 1.0
+    assert score(f"<answer>{expression}</answer>", [3, 7, 12], 16) == 1.0
     assert cli_main(["solve", "1", "1", "--target", "5"]) == 0
     assert capsys.readouterr().out.strip() == "no solution"
-    for response, expected in [("<answer>7+12</answer>", 1.0), ("<answer>7+3</answer>", 0.1), ("19", 0.0)]:
-        assert cli_main(["score", "--numbers", "3", "7", "12", "--target", "19", response]) == 0
+    for response, expected in [("<answer>12+7-3</answer>", 1.0), ("<answer>12+7+3</answer>", 0.1), ("16", 0.0)]:
+        assert cli_main(["score", "--numbers", "3", "7", "12", "--target", "16", response]) == 0
         assert float(capsys.readouterr().out) == expected
     with pytest.raises(SystemExit):
         cli_main(["solve", "1", "2", "3", "4", "5", "6", "7", "--target", "5"])

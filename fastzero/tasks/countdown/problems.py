@@ -2,19 +2,23 @@
 train/test splits, and loading/saving (.jsonl and .parquet, including TinyZero's parquet layout).
 
 Generation (`generate_problems`), and why it samples this way:
-- For each problem, the count of numbers k is drawn uniformly from [min_numbers, max_numbers], so
-  sizes come out evenly mixed (3 and 4 numbers by default, like TinyZero's Countdown-Tasks-3to4).
-- Then k numbers are drawn uniformly and independently from [min_value, max_value] (repeats
-  allowed, as in that data) and a target uniformly from [min_target, max_target]; draws that the
-  exact C++ solver cannot solve are rejected and redrawn with the same k. Rejection sampling from a
-  uniform product is uniform on what it keeps: every solvable (numbers, target) of size k is equally
-  likely. Drawing a random expression and taking its value would instead skew targets toward
-  whatever the operators favour (small differences, large products), and need a separate cap.
-- Problems are distinct by `Problem.key` (sorted numbers, target): "3 7 12=19" and "12 3 7=19" are
+- Each problem's count of numbers k is drawn uniformly from [min_numbers, max_numbers], so sizes
+  come out evenly mixed (3 and 4 numbers by default, like TinyZero's Countdown-Tasks-3to4), not
+  weighted toward the size that is solvable more often (4 numbers: ~15% of draws; 3: ~4%).
+- Then k numbers uniformly and independently from [min_value, max_value] (repeats allowed, as in
+  that data) and a target uniformly from [min_target, max_target]; draws the exact C++ solver
+  cannot solve (every number used exactly once) are rejected and redrawn with the same k.
+  Rejection from a uniform product is uniform on what it keeps: every solvable (numbers, target)
+  of size k is equally likely. Taking the value of a random expression instead would skew targets
+  toward what the operators favour (small differences, large products) and need its own cap.
+- Problems are distinct by `Problem.key` (sorted numbers, target): "3 7 12=16" and "12 3 7=16" are
   the same problem. `exclude` removes keys up front, which is how train avoids test.
-- Bounded: asking for more than the ranges hold fails before any work; once every key of a size has
-  been tried, or after `100 * n + 100_000` draws, it fails with how many it could find.
-Dropped on purpose: TinyZero's min/max-target-from-expression knobs; weighted size mixes.
+- Sizes and each size's candidates come from separate seeded streams, so the solver can check
+  candidates in threaded batches without changing the result, and a smaller n is a prefix of a
+  larger one.
+- Bounded: asking for more than the ranges hold fails before any work; once every key of a size
+  has been tried, or after `100 * count + 100_000` draws of a size, it fails saying how far it got.
+Dropped on purpose: TinyZero's target-from-expression sampling; weighted size mixes.
 
 Files: rows are `{"numbers": [...], "target": N}` (our .jsonl/.parquet); TinyZero's prepared rows
 (`reward_model.ground_truth.{numbers,target}`) and its raw Countdown-Tasks-3to4 rows (`nums`,
@@ -24,15 +28,19 @@ counted in the `LoadReport` that `read_problems` returns.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
 import numbers as _numbers
 import os
 import random
-import tempfile
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
+
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +130,17 @@ def _exclusion_keys(exclude: Iterable[Problem | Key]) -> set[Key]:
     return keys
 
 
-def _default_solvable() -> Callable[[Sequence[int], int], bool]:
-    from fastzero.tasks.countdown.verifier import solve  # the C++ solver; imported only when used
+def _solvable_flags(candidates: list[tuple[tuple[int, ...], int]], pool: ThreadPoolExecutor, threads: int) -> list[bool]:
+    """Which candidates the exact C++ solver can solve. Its calls release the GIL, so threads
+    overlap them; a 4-number call costs ~40 us, mostly spent proving there is no solution."""
+    from fastzero.tasks.countdown.verifier import solve  # imported only when generating
 
-    return lambda nums, target: solve(nums, target) is not None
+    def check(part):
+        return [solve(nums, target) is not None for nums, target in part]
+
+    step = -(-len(candidates) // threads) or 1
+    parts = pool.map(check, [candidates[i : i + step] for i in range(0, len(candidates), step)])
+    return [flag for part in parts for flag in part]
 
 
 def generate_problems(
@@ -140,7 +155,11 @@ def generate_problems(
     max_target: int = 99,
     exclude: Iterable[Problem | Key] = (),
 ) -> list[Problem]:
-    """`n` distinct solvable problems drawn with `random.Random(seed)`; see the module docstring."""
+    """`n` distinct solvable problems drawn from `seed`; see the module docstring for how.
+
+    The sizes of the n problems come from one stream and each size's candidates from a stream of
+    its own, so the result does not depend on how candidates are batched for the solver, and a
+    smaller n gives a prefix of a larger one (same seed and ranges)."""
     n = _as_count(n, "n")
     if isinstance(seed, bool) or not isinstance(seed, _numbers.Integral):
         raise ValueError(f"seed must be an integer, got {seed!r}")
@@ -151,46 +170,96 @@ def generate_problems(
             f"cannot make {n} distinct problems: these ranges hold only {ranges.capacity()} "
             f"(solvable or not); widen the value/target ranges or the number counts"
         )
-    if n == 0:
-        return []
-    return _sample(n, random.Random(int(seed)), ranges, excluded, _default_solvable())
-
-
-def _sample(n, rng: random.Random, ranges: Ranges, excluded: set[Key], solvable) -> list[Problem]:
-    values = range(ranges.min_value, ranges.max_value + 1)
-    n_targets = ranges.max_target - ranges.min_target + 1
     sizes = range(ranges.min_numbers, ranges.max_numbers + 1)
-    # Keys tried so far, per size: once a size's whole key space is tried, waiting longer is futile.
-    tried: dict[int, set[Key]] = {k: set() for k in sizes}
-    space = {k: ranges.size_count(k) for k in sizes}
+    slot_sizes = random.Random(f"countdown/{seed}/sizes").choices(sizes, k=n)
+    needed = {k: slot_sizes.count(k) for k in sizes}
+    for k in sizes:
+        if needed[k] > ranges.size_count(k):
+            raise ValueError(
+                f"cannot make {n} problems: {needed[k]} of them get {k} numbers (sizes are drawn "
+                f"evenly) but only {ranges.size_count(k)} such problems exist in these ranges"
+            )
+    from fastzero.tasks.countdown.verifier import default_threads
+
+    threads = default_threads()
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        check = functools.partial(_solvable_flags, pool=pool, threads=threads)
+        streams = {
+            k: iter(_sample_size(k, needed[k], random.Random(f"countdown/{seed}/size-{k}"), ranges, excluded, check))
+            for k in sizes
+            if needed[k]
+        }
+    return [next(streams[k]) for k in slot_sizes]
+
+
+def _key_codes(ordered: np.ndarray, targets: np.ndarray, ranges: Ranges) -> list:
+    """One id per row of (sorted numbers, target), all rows of one size: an int when the ranges
+    let it fit in int64 (a set of ints takes a third of the memory of nested tuples), else the key."""
+    n_values = ranges.max_value - ranges.min_value + 1
+    n_targets = ranges.max_target - ranges.min_target + 1
+    if n_values ** ordered.shape[1] * n_targets >= 2**62:
+        return list(zip(map(tuple, ordered.tolist()), targets.tolist()))
+    codes = np.zeros(len(targets), dtype=np.int64)
+    for column in (ordered - ranges.min_value).T:
+        codes = codes * n_values + column
+    return (codes * n_targets + (targets - ranges.min_target)).tolist()
+
+
+def _excluded_codes(k: int, excluded: set[Key], ranges: Ranges) -> set:
+    """The excluded keys that size k's draws could hit, as `_key_codes` ids."""
+    inside = [
+        (nums, target)
+        for nums, target in excluded
+        if len(nums) == k and ranges.min_target <= target <= ranges.max_target
+        and ranges.min_value <= nums[0] and nums[-1] <= ranges.max_value
+    ]
+    if not inside:
+        return set()
+    ordered = np.array([nums for nums, _ in inside], dtype=np.int64)
+    return set(_key_codes(ordered, np.array([t for _, t in inside], dtype=np.int64), ranges))
+
+
+def _sample_size(k: int, count: int, rng: random.Random, ranges: Ranges, excluded: set[Key], check) -> list[Problem]:
+    """The first `count` distinct, solvable, non-excluded problems in size k's candidate stream."""
+    n_values = ranges.max_value - ranges.min_value + 1
+    n_targets = ranges.max_target - ranges.min_target + 1
+    space, max_draws = ranges.size_count(k), 100 * count + 100_000
+    excluded_k = _excluded_codes(k, excluded, ranges)
+    tried: set = set()  # ids of every key drawn: once all of size k's are tried, more is futile
     out: list[Problem] = []
-    draws, max_draws = 0, 100 * n + 100_000
-    while len(out) < n:
-        k = rng.choice(sizes)
-        while True:
-            if len(tried[k]) == space[k]:
-                found = sum(len(p.numbers) == k for p in out)
-                raise ValueError(
-                    f"cannot make {n} problems: all {space[k]} problems with {k} numbers in these "
-                    f"ranges were tried and only {found} are solvable and not excluded, while sizes "
-                    f"are drawn evenly from {ranges.min_numbers}..{ranges.max_numbers}; widen the ranges"
-                )
-            draws += 1
-            if draws > max_draws:
-                raise RuntimeError(
-                    f"gave up after {max_draws} draws with {len(out)} of {n} problems: solvable "
-                    f"problems are too rare in these ranges ({ranges})"
-                )
-            nums = tuple(rng.choices(values, k=k))
-            target = ranges.min_target + rng.randrange(n_targets)
-            key = (tuple(sorted(nums)), target)
-            if key in tried[k]:
-                continue
-            tried[k].add(key)
-            if key not in excluded and solvable(nums, target):
-                out.append(Problem(nums, target))
-                break
-    return out
+    draws = 0
+    while len(out) < count:
+        # Each candidate takes k + 1 uniform floats, so the stream is the same whatever the batch
+        # size; batches grow with what is still missing over the acceptance rate seen so far.
+        rate = (len(out) + 1) / (draws + 2)
+        batch = min(8192, max(32, int(1.2 * (count - len(out)) / rate)))
+        uniforms = np.array([rng.random() for _ in range(batch * (k + 1))]).reshape(batch, k + 1)
+        values = ranges.min_value + np.floor(uniforms[:, :k] * n_values).astype(np.int64)  # = int(u * n)
+        targets = ranges.min_target + np.floor(uniforms[:, k] * n_targets).astype(np.int64)
+        codes = _key_codes(np.sort(values, axis=1), targets, ranges)
+        candidates = []
+        for nums, code, target in zip(values.tolist(), codes, targets.tolist()):
+            if code not in tried:
+                tried.add(code)
+                if code not in excluded_k:
+                    candidates.append((nums, target))
+        draws += batch
+        flags = check(candidates)
+        out.extend(Problem(tuple(nums), target) for (nums, target), ok in zip(candidates, flags) if ok)
+        if len(out) >= count:
+            break
+        if len(tried) == space:
+            raise ValueError(
+                f"cannot make {count} problems with {k} numbers (sizes are drawn evenly from "
+                f"{ranges.min_numbers}..{ranges.max_numbers}): all {space} such problems in these "
+                f"ranges were tried and only {len(out)} are solvable and not excluded; widen the ranges"
+            )
+        if draws >= max_draws:
+            raise RuntimeError(
+                f"gave up after {draws} draws with {len(out)} of {count} problems with {k} numbers: "
+                f"solvable ones are too rare in these ranges ({ranges})"
+            )
+    return out[:count]
 
 
 def generate_splits(
@@ -327,7 +396,9 @@ def save_problems(problems: Iterable[Problem], path: str | os.PathLike) -> None:
     if path.suffix not in FILE_SUFFIXES:
         raise ValueError(f"{path}: unknown file type {path.suffix!r}; use one of {', '.join(FILE_SUFFIXES)}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    # Not mkstemp: its 0600 mode would survive os.replace; this way the umask decides, as for open().
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             if path.suffix == ".jsonl":
@@ -337,7 +408,7 @@ def save_problems(problems: Iterable[Problem], path: str | os.PathLike) -> None:
                 _write_parquet(list(problems), f)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
