@@ -77,7 +77,8 @@ def default_problems():
 
 @pytest.mark.parametrize(
     "numbers, target, expected",
-    [((3, 7, 12), 16, True), ((3, 7, 12), 19, False), ((1, 1), 5, False), ((2, 3, 4), 24, True), ((4, 6), 10, True),
+    [((3, 7, 12), 16, True), ((3, 7, 12), 19, False), ((1, 1), 5, False), ((2, 3, 4), 24, True),
+     ((4, 6), 10, True),
      ((5,), 5, True), ((5,), 4, False), ((1, 5, 5, 5), 24, True), ((3, 3, 8, 8), 24, True),
      ((1, 2, 3), 100, False)],
 )
@@ -187,7 +188,8 @@ def test_exhausting_a_small_space_fails_clearly():
      (dict(seed=True), "seed"), (dict(min_numbers=0), "min_numbers must be >= 1"),
      (dict(max_numbers=7), "max_numbers must be <= 6"), (dict(min_value=50, max_value=10), "min_value"),
      (dict(min_target=5, max_target=4), "min_target"), (dict(min_numbers=4, max_numbers=3), "min_numbers"),
-     (dict(max_value=-1), "max_value"), (dict(max_target=10**10), "max_target")],
+     (dict(max_value=-1), "max_value"), (dict(max_target=10**10), "max_target"),
+     (dict(exclude=[5]), r"exclude\[0\] must be a Problem"), (dict(exclude=[((1, -1), 2)]), "each number")],
 )
 def test_generation_validates_arguments(kwargs, match):
     args = dict(n=10, seed=0) | kwargs
@@ -198,7 +200,8 @@ def test_generation_validates_arguments(kwargs, match):
 @settings(max_examples=25, deadline=None)
 @given(
     n=st.integers(0, 25), seed=st.integers(0, 2**32), sizes=st.tuples(st.integers(1, 4), st.integers(0, 2)),
-    values=st.tuples(st.integers(0, 30), st.integers(0, 30)), targets=st.tuples(st.integers(0, 60), st.integers(0, 60)),
+    values=st.tuples(st.integers(0, 30), st.integers(0, 30)),
+    targets=st.tuples(st.integers(0, 60), st.integers(0, 60)),
 )
 def test_generation_respects_any_ranges(n, seed, sizes, values, targets):
     ranges = dict(min_numbers=sizes[0], max_numbers=min(sizes[0] + sizes[1], 6), min_value=min(values),
@@ -236,7 +239,9 @@ def test_train_test_split_keeps_repeats_on_one_side(default_problems):
     assert len(keys(train_test_split(pool, 0.25, seed=0)[1])) == 50
 
 
-@pytest.mark.parametrize("size, match", [(201, "exceeds the 200"), (-1, "test_size"), (1.5, "fractional"), (0.0, "fractional")])
+@pytest.mark.parametrize(
+    "size, match", [(201, "exceeds the 200"), (-1, "test_size"), (1.5, "fractional"), (0.0, "fractional")]
+)
 def test_train_test_split_rejects_bad_sizes(default_problems, size, match):
     with pytest.raises(ValueError, match=match):
         train_test_split(default_problems[:200], size, seed=0)
@@ -268,17 +273,18 @@ def test_saved_file_mode_follows_umask(tmp_path, suffix):
 def test_loads_tinyzero_prepared_and_raw_parquet(tmp_path):
     problems = [Problem((44, 19, 35), 98), Problem((63, 95, 96, 1), 64), Problem((2, 2), 4)]
     prompt_type = pa.list_(pa.struct([("content", pa.string()), ("role", pa.string())]))
-    reward_type = pa.struct([("ground_truth", pa.struct([("numbers", pa.list_(pa.int64())), ("target", pa.int64())])),
-                             ("style", pa.string())])
+    truth_type = pa.struct([("numbers", pa.list_(pa.int64())), ("target", pa.int64())])
+    reward_type = pa.struct([("ground_truth", truth_type), ("style", pa.string())])
     extra_type = pa.struct([("index", pa.int64()), ("split", pa.string())])
     prepared = pa.table({
         "target": pa.array([p.target for p in problems], pa.int64()),  # TinyZero keeps raw columns too
         "nums": pa.array([list(p.numbers) for p in problems], pa.list_(pa.int64())),
         "data_source": pa.array(["countdown"] * 3),
-        "prompt": pa.array([[{"content": f"Using the numbers {list(p.numbers)} ...", "role": "user"}] for p in problems], prompt_type),
+        "prompt": pa.array([[{"content": f"Using the numbers {list(p.numbers)} ...", "role": "user"}]
+                            for p in problems], prompt_type),
         "ability": pa.array(["math"] * 3),
-        "reward_model": pa.array([{"ground_truth": {"numbers": list(p.numbers), "target": p.target}, "style": "rule"}
-                                  for p in problems], reward_type),
+        "reward_model": pa.array([{"ground_truth": {"numbers": list(p.numbers), "target": p.target},
+                                   "style": "rule"} for p in problems], reward_type),
         "extra_info": pa.array([{"index": i, "split": "train"} for i in range(3)], extra_type),
     })
     pq.write_table(prepared, tmp_path / "train.parquet")
@@ -369,8 +375,8 @@ def test_failed_save_leaves_old_file_and_no_temp(tmp_path, default_problems, suf
 
 def test_cli_generate_writes_disjoint_splits(tmp_path, capsys):
     out, test_out = tmp_path / "d" / "train.parquet", tmp_path / "d" / "test.jsonl"
-    argv = ["generate", "--n", "300", "--out", str(out), "--seed", "5", "--test-n", "40", "--test-out", str(test_out),
-            "--max-value", "50", "--max-target", "60"]
+    argv = ["generate", "--n", "300", "--out", str(out), "--seed", "5", "--test-n", "40",
+            "--test-out", str(test_out), "--max-value", "50", "--max-target", "60"]
     assert cli_main(argv) == 0
     printed = capsys.readouterr().out
     assert "train: 300 problems" in printed and "test:  40 problems" in printed and "problems/s" in printed

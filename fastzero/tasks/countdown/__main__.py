@@ -174,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     problems = report.problems
-    print(f"{args.path}: {len(problems)} problems [{_size_summary(problems)}], {len(report.skipped)} bad rows skipped")
+    print(f"{args.path}: {len(problems)} problems [{_size_summary(problems)}], "
+          f"{len(report.skipped)} bad rows skipped")
     for message in report.skipped[:3]:
         print(f"  skipped {message}")
     for p in problems[: args.head]:

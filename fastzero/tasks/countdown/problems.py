@@ -5,12 +5,12 @@ Generation (`generate_problems`), and why it samples this way:
 - Each problem's count of numbers k is drawn uniformly from [min_numbers, max_numbers], so sizes
   come out evenly mixed (3 and 4 numbers by default, like TinyZero's Countdown-Tasks-3to4), not
   weighted toward the size that is solvable more often (4 numbers: ~15% of draws; 3: ~4%).
-- Then k numbers uniformly and independently from [min_value, max_value] (repeats allowed, as in
-  that data) and a target uniformly from [min_target, max_target]; draws the exact C++ solver
-  cannot solve (every number used exactly once) are rejected and redrawn with the same k.
-  Rejection from a uniform product is uniform on what it keeps: every solvable (numbers, target)
-  of size k is equally likely. Taking the value of a random expression instead would skew targets
-  toward what the operators favour (small differences, large products) and need its own cap.
+- Then k numbers uniformly and independently from [min_value, max_value] (repeats allowed) and a
+  target uniformly from [min_target, max_target], the way TinyZero's own `gen_dataset` draws them,
+  plus the filter it lacks: draws the exact C++ solver cannot solve (every number used exactly
+  once) are rejected and redrawn with the same k. Rejection from a uniform product is uniform on
+  what it keeps: every solvable (numbers, target) of size k is equally likely. Taking the value of
+  a random expression instead would skew targets toward what the operators favour.
 - Problems are distinct by `Problem.key` (sorted numbers, target): "3 7 12=16" and "12 3 7=16" are
   the same problem. `exclude` removes keys up front, which is how train avoids test.
 - Sizes and each size's candidates come from separate seeded streams, so the solver can check
@@ -18,7 +18,7 @@ Generation (`generate_problems`), and why it samples this way:
   larger one.
 - Bounded: asking for more than the ranges hold fails before any work; once every key of a size
   has been tried, or after `100 * count + 100_000` draws of a size, it fails saying how far it got.
-Dropped on purpose: TinyZero's target-from-expression sampling; weighted size mixes.
+Dropped on purpose: weighted size mixes; unfiltered draws (TinyZero keeps unsolvable ones).
 
 Files: rows are `{"numbers": [...], "target": N}` (our .jsonl/.parquet); TinyZero's prepared rows
 (`reward_model.ground_truth.{numbers,target}`) and its raw Countdown-Tasks-3to4 rows (`nums`,
@@ -45,7 +45,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 MAX_NUMBERS = 6  # the C++ solver is exhaustive up to this many numbers
-MAX_VALUE = 10**9  # keeps numbers and targets far inside the solver's exact 64-bit arithmetic
+MAX_VALUE = 10**9  # numbers and targets; the solver's exact rationals stay below 2**62
 FILE_SUFFIXES = (".jsonl", ".parquet")
 Key = tuple[tuple[int, ...], int]
 
@@ -121,16 +121,24 @@ class Ranges:
 
 def _exclusion_keys(exclude: Iterable[Problem | Key]) -> set[Key]:
     keys = set()
-    for item in exclude:
+    for i, item in enumerate(exclude):
         if isinstance(item, Problem):
             keys.add(item.key)
+        elif isinstance(item, tuple) and len(item) == 2:
+            keys.add(Problem(tuple(item[0]), item[1]).key)
         else:
-            nums, target = item
-            keys.add(Problem(tuple(nums), target).key)
+            raise ValueError(f"exclude[{i}] must be a Problem or a (numbers, target) key, got {item!r}")
     return keys
 
 
-def _solvable_flags(candidates: list[tuple[tuple[int, ...], int]], pool: ThreadPoolExecutor, threads: int) -> list[bool]:
+def _usable_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))  # honours taskset/cgroup pinning
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _solvable_flags(candidates: list[tuple[list[int], int]], pool: ThreadPoolExecutor, threads: int) -> list[bool]:
     """Which candidates the exact C++ solver can solve. Its calls release the GIL, so threads
     overlap them; a 4-number call costs ~40 us, mostly spent proving there is no solution."""
     from fastzero.tasks.countdown.verifier import solve  # imported only when generating
@@ -179,16 +187,14 @@ def generate_problems(
                 f"cannot make {n} problems: {needed[k]} of them get {k} numbers (sizes are drawn "
                 f"evenly) but only {ranges.size_count(k)} such problems exist in these ranges"
             )
-    from fastzero.tasks.countdown.verifier import default_threads
-
-    threads = default_threads()
+    threads = _usable_cores()
     with ThreadPoolExecutor(max_workers=threads) as pool:
         check = functools.partial(_solvable_flags, pool=pool, threads=threads)
-        streams = {
-            k: iter(_sample_size(k, needed[k], random.Random(f"countdown/{seed}/size-{k}"), ranges, excluded, check))
-            for k in sizes
-            if needed[k]
-        }
+        streams = {}
+        for k in sizes:
+            if needed[k]:
+                rng = random.Random(f"countdown/{seed}/size-{k}")
+                streams[k] = iter(_sample_size(k, needed[k], rng, ranges, excluded, check))
     return [next(streams[k]) for k in slot_sizes]
 
 
@@ -219,7 +225,9 @@ def _excluded_codes(k: int, excluded: set[Key], ranges: Ranges) -> set:
     return set(_key_codes(ordered, np.array([t for _, t in inside], dtype=np.int64), ranges))
 
 
-def _sample_size(k: int, count: int, rng: random.Random, ranges: Ranges, excluded: set[Key], check) -> list[Problem]:
+def _sample_size(
+    k: int, count: int, rng: random.Random, ranges: Ranges, excluded: set[Key], check
+) -> list[Problem]:
     """The first `count` distinct, solvable, non-excluded problems in size k's candidate stream."""
     n_values = ranges.max_value - ranges.min_value + 1
     n_targets = ranges.max_target - ranges.min_target + 1
