@@ -78,14 +78,19 @@ def forced_backend(name: str):
     try:
         yield
     finally:
-        os.environ.pop("FASTZERO_KERNELS") if previous is None else os.environ.__setitem__("FASTZERO_KERNELS", previous)
+        if previous is None:
+            os.environ.pop("FASTZERO_KERNELS", None)
+        else:
+            os.environ["FASTZERO_KERNELS"] = previous
 
 
 def ours(backend: str, *, with_entropy: bool = True, budget_bytes: int | None = None):
     def build(p: Problem):
         def run():
             with forced_backend(backend), _budget(budget_bytes):
-                logp, entropy = fused_logprobs(p.hidden, p.weight, p.targets, temperature=p.temperature, return_entropy=True)
+                logp, entropy = fused_logprobs(
+                    p.hidden, p.weight, p.targets, temperature=p.temperature, return_entropy=True
+                )
             return ([logp, entropy], [p.grad_logp, p.grad_entropy]) if with_entropy else ([logp], [p.grad_logp])
         return run
     return build
@@ -123,7 +128,9 @@ def eager(compiled: bool):
 
 def reference(p: Problem):
     def run():
-        logp, entropy = R.fused_logprobs(p.hidden, p.weight, p.targets, temperature=p.temperature, return_entropy=True)
+        logp, entropy = R.fused_logprobs(
+            p.hidden, p.weight, p.targets, temperature=p.temperature, return_entropy=True
+        )
         return [logp, entropy], [p.grad_logp, p.grad_entropy]
     return run
 
@@ -189,7 +196,8 @@ def peak_extra_bytes(fn, device) -> int:
     # CPU: the profiler logs each allocator call as a "[memory]" event of +/- nbytes.
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns())
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    events.sort(key=lambda e: e.start_ns())
     return max(itertools.accumulate((e.nbytes() for e in events), initial=0))
 
 
@@ -233,8 +241,49 @@ def matmul_tflops(h: int, v: int, device, reps: int) -> float:
     return 2.0 * rows * h * v / (ms * 1e-3) / 1e12
 
 
-def fmt(value, spec):
-    return format(value, spec) if isinstance(value, (int, float)) else str(value)
+def shapes_for(device, tokens) -> list[tuple[str, int, int, int, torch.dtype]]:
+    """(label, H, V, N, dtype) rows: Qwen2.5 heads in bf16 on GPU, a small fp32 head on CPU."""
+    if device.type == "cuda":
+        heads = QWEN_HEADS.items()
+        return [(name, h, QWEN_VOCAB, n, torch.bfloat16) for name, h in heads for n in tokens or GPU_TOKENS]
+    return [(f"H{CPU_HEAD} V{CPU_VOCAB}", CPU_HEAD, CPU_VOCAB, n, torch.float32) for n in tokens or CPU_TOKENS]
+
+
+def run_shape(workload: str, problem: Problem, device, reps: int, ceiling_tflops: float) -> dict[str, dict]:
+    rows = {}
+    for candidate in WORKLOADS[workload]:
+        if device.type not in candidate.devices:
+            continue
+        try:
+            rows[candidate.name] = measure(candidate, problem, device, reps)
+        except Unavailable as why:
+            rows[candidate.name] = {"error": str(why)}
+        except torch.OutOfMemoryError:
+            rows[candidate.name] = {"error": "out of memory"}
+        finally:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    base = rows.get(BASELINE[device.type], {})
+    for row in rows.values():
+        if "error" in row:
+            continue
+        row["pct_matmul"] = 100.0 * row["tflops"] / ceiling_tflops
+        if "full_ms" in base:
+            row["speedup"] = base["full_ms"] / row["full_ms"]
+            row["mem_ratio"] = base["peak_mb"] / max(row["peak_mb"], 1e-9)
+    return rows
+
+
+HEADER = (f"{'shape':<16} {'N':>6} {'candidate':<22} {'fwd ms':>9} {'bwd ms':>9} {'full ms':>9} {'peak MB':>9} "
+          f"{'TFLOP/s':>8} {'%mm':>6} {'x time':>7} {'x mem':>7}")
+
+
+def format_row(shape: str, n, name: str, row: dict) -> str:
+    if "error" in row:
+        return f"{shape:<16} {n:>6} {name:<22} {row['error']}"
+    ratios = " ".join(f"{row[k]:>7.2f}" if k in row else f"{'-':>7}" for k in ("speedup", "mem_ratio"))
+    return (f"{shape:<16} {n:>6} {name:<22} {row['fwd_ms']:>9.2f} {row['bwd_ms']:>9.2f} {row['full_ms']:>9.2f} "
+            f"{row['peak_mb']:>9.1f} {row['tflops']:>8.3f} {row['pct_matmul']:>6.1f} {ratios}")
 
 
 def main() -> None:
@@ -242,60 +291,37 @@ def main() -> None:
     parser.add_argument("--cpu", action="store_true", help="force the CPU table even when CUDA is present")
     parser.add_argument("--workload", default="logprobs", choices=sorted(WORKLOADS))
     parser.add_argument("--reps", type=int, default=None, help="timed repetitions (CPU) / do_bench scale (GPU)")
-    parser.add_argument("--tokens", type=int, nargs="*", default=None, help="override N values")
+    parser.add_argument("--tokens", type=int, nargs="*", default=None, help="override the N values")
     args = parser.parse_args()
     device = torch.device("cpu" if args.cpu or not torch.cuda.is_available() else "cuda")
     reps = args.reps or (3 if device.type == "cpu" else 5)
     if device.type == "cuda":
-        shapes = [(name, h, QWEN_VOCAB, n, torch.bfloat16) for name, h in QWEN_HEADS.items() for n in (args.tokens or GPU_TOKENS)]
+        machine = torch.cuda.get_device_name()
     else:
         torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-        shapes = [(f"H{CPU_HEAD} V{CPU_VOCAB}", CPU_HEAD, CPU_VOCAB, n, torch.float32) for n in (args.tokens or CPU_TOKENS)]
-    machine = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+        machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     print(f"# bench_kernels: workload={args.workload} device={device.type} ({machine}) torch {torch.__version__}")
-    header = f"{'shape':<16} {'N':>6} {'candidate':<22} {'fwd ms':>9} {'bwd ms':>9} {'full ms':>9} {'peak MB':>9} {'TFLOP/s':>8} {'%mm':>6} {'x time':>7} {'x mem':>7}"
-    print(header)
+    print(HEADER)
     results, ceilings = [], {}
-    for shape_name, h, v, n, dtype in shapes:
+    for shape, h, v, n, dtype in shapes_for(device, args.tokens):
         if (h, v) not in ceilings:
             ceilings[(h, v)] = matmul_tflops(h, v, device, reps)
         problem = make_problem(n, h, v, dtype, device)
-        rows = {}
-        for candidate in WORKLOADS[args.workload]:
-            if device.type not in candidate.devices:
-                continue
-            try:
-                rows[candidate.name] = measure(candidate, problem, device, reps)
-            except Unavailable as why:
-                rows[candidate.name] = {"error": str(why)}
-            except torch.OutOfMemoryError:
-                rows[candidate.name] = {"error": "out of memory"}
-            finally:
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-        base = rows.get(BASELINE[device.type], {})
-        for name, row in rows.items():
-            if "error" not in row:
-                row["pct_matmul"] = 100.0 * row["tflops"] / ceilings[(h, v)]
-                if "full_ms" in base:
-                    row["speedup"] = base["full_ms"] / row["full_ms"]
-                    row["mem_ratio"] = base["peak_mb"] / max(row["peak_mb"], 1e-9)
-            print(f"{shape_name:<16} {n:>6} {name:<22} " + (
-                row["error"] if "error" in row else
-                f"{row['fwd_ms']:>9.2f} {row['bwd_ms']:>9.2f} {row['full_ms']:>9.2f} {row['peak_mb']:>9.1f} "
-                f"{row['tflops']:>8.3f} {row['pct_matmul']:>6.1f} {fmt(row.get('speedup', '-'), '>7.2f'):>7} "
-                f"{fmt(row.get('mem_ratio', '-'), '>7.1f'):>7}"))
-            results.append({"shape": shape_name, "H": h, "V": v, "N": n, "dtype": str(dtype).removeprefix("torch."),
-                            "candidate": name, **{k: (round(x, 4) if isinstance(x, float) else x) for k, x in row.items()}})
-    if device.type == "cpu":
-        for candidate in WORKLOADS[args.workload]:
-            if "cuda" in candidate.devices and "cpu" not in candidate.devices:
-                print(f"{'GPU shapes':<16} {'-':>6} {candidate.name:<22} not measured (no CUDA device in this run)")
-    print("# %mm: achieved TFLOP/s over the 8*N*H*V floor, as % of a "
-          + ("bf16" if device.type == "cuda" else "fp32") + " matmul measured now: "
-          + ", ".join(f"H{h}xV{v}: {t:.3f} TFLOP/s" for (h, v), t in ceilings.items()))
+        for name, row in run_shape(args.workload, problem, device, reps, ceilings[(h, v)]).items():
+            print(format_row(shape, n, name, row))
+            rounded = {k: round(x, 4) if isinstance(x, float) else x for k, x in row.items()}
+            results.append({"shape": shape, "H": h, "V": v, "N": n, "dtype": str(dtype).removeprefix("torch."),
+                            "candidate": name, **rounded})
+    for candidate in WORKLOADS[args.workload]:
+        if device.type not in candidate.devices:
+            print(format_row("GPU shapes" if device.type == "cpu" else "CPU shapes", "-", candidate.name,
+                             {"error": f"not measured (runs on {'/'.join(candidate.devices)} only)"}))
+    kind = "bf16" if device.type == "cuda" else "fp32"
+    ceiling_text = ", ".join(f"H{h}xV{v}: {t:.3f} TFLOP/s" for (h, v), t in ceilings.items())
+    print(f"# %mm: achieved TFLOP/s over the 8*N*H*V floor, as % of a {kind} matmul measured now: {ceiling_text}")
     print(json.dumps({"bench": "kernels", "workload": args.workload, "device": device.type, "machine": machine,
-                      "matmul_tflops": {f"H{h}xV{v}": round(t, 4) for (h, v), t in ceilings.items()}, "rows": results}))
+                      "matmul_tflops": {f"H{h}xV{v}": round(t, 4) for (h, v), t in ceilings.items()},
+                      "rows": results}))
 
 
 if __name__ == "__main__":

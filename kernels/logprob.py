@@ -279,6 +279,10 @@ def _chunk_buffers(plan: _Plan, rows: int, n_vocab: int, device):
     return logits, grads
 
 
+def _rows_of(tensor: Optional[torch.Tensor], rows: slice) -> Optional[torch.Tensor]:
+    return None if tensor is None else tensor[rows]
+
+
 def _as_fp32(grad: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return None if grad is None else grad.detach().to(torch.float32).contiguous()
 
@@ -353,17 +357,19 @@ class _FusedLogprobsFunction(torch.autograd.Function):
         inv_temperature = 1.0 / ctx.temperature
         n_tokens, n_vocab = hidden.shape[0], weight.shape[0]
         hidden_op, weight_op = plan.operand(hidden), plan.operand(weight)
-        grad_hidden = torch.empty(hidden.shape, dtype=plan.operand_dtype, device=hidden.device) if need_hidden else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
+        grad_hidden = grad_weight = None
+        if need_hidden:
+            grad_hidden = torch.empty(hidden.shape, dtype=plan.operand_dtype, device=hidden.device)
+        if need_weight:  # fp32 across chunks: bf16 accumulation over ~100 chunks would lose ~1%
+            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
         logits_buf, grad_buf = _chunk_buffers(plan, min(plan.backward_rows, n_tokens), n_vocab, hidden.device)
         for start in range(0, n_tokens, plan.backward_rows):
             rows = slice(start, min(start + plan.backward_rows, n_tokens))
             count = rows.stop - start
             logits = plan.logits(hidden_op[rows], weight_op, out=logits_buf[:count])
             grad_logits = _chunk_grads(
-                plan, logits, None if grad_buf is None else grad_buf[:count], targets[rows], lse[rows],
-                entropy[rows], None if grad_logp is None else grad_logp[rows],
-                None if grad_entropy is None else grad_entropy[rows], inv_temperature, normalized=False,
+                plan, logits, _rows_of(grad_buf, slice(0, count)), targets[rows], lse[rows], entropy[rows],
+                _rows_of(grad_logp, rows), _rows_of(grad_entropy, rows), inv_temperature, normalized=False,
             )
             if need_hidden:
                 torch.mm(grad_logits, weight_op, out=grad_hidden[rows])
@@ -379,20 +385,26 @@ class _FusedLogprobsFunction(torch.autograd.Function):
 def _check_inputs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float) -> None:
     """Raises a ValueError/TypeError naming the bad input, before any work starts."""
     if hidden.dim() != 2 or weight.dim() != 2:
-        raise ValueError(f"hidden must be [N, H] and weight [V, H]; got {tuple(hidden.shape)} and {tuple(weight.shape)}")
+        raise ValueError(
+            f"hidden must be [N, H] and weight [V, H]; got {tuple(hidden.shape)} and {tuple(weight.shape)}"
+        )
     if hidden.shape[1] != weight.shape[1]:
         raise ValueError(f"hidden size mismatch: hidden has H={hidden.shape[1]}, weight has H={weight.shape[1]}")
     if weight.shape[0] == 0:
         raise ValueError("weight has an empty vocabulary (V=0)")
     if hidden.dtype not in SUPPORTED_DTYPES or weight.dtype != hidden.dtype:
-        raise TypeError(f"hidden and weight must share one dtype of {SUPPORTED_DTYPES}; got {hidden.dtype}, {weight.dtype}")
+        raise TypeError(
+            f"hidden and weight must share one dtype of {SUPPORTED_DTYPES}; got {hidden.dtype}, {weight.dtype}"
+        )
     if targets.dtype != torch.int64:
         raise TypeError(f"targets must be int64 (torch.long); got {targets.dtype}")
     if targets.dim() != 1 or targets.shape[0] != hidden.shape[0]:
         raise ValueError(f"targets must be [N] with N={hidden.shape[0]}; got shape {tuple(targets.shape)}")
     if not (hidden.device == weight.device == targets.device):
-        raise ValueError(f"hidden, weight, targets on different devices: {hidden.device}, {weight.device}, {targets.device}")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0:
+        devices = f"{hidden.device}, {weight.device}, {targets.device}"
+        raise ValueError(f"hidden, weight, targets must share one device; got {devices}")
+    number = isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
+    if not number or not math.isfinite(temperature) or temperature <= 0:
         raise ValueError(f"temperature must be a finite number > 0; got {temperature!r}")
     if targets.numel():
         low, high = (int(v) for v in torch.aminmax(targets))
@@ -420,6 +432,8 @@ def fused_logprobs(
     if backend == "reference":
         from fastzero.kernels import reference
 
-        return reference.fused_logprobs(hidden, weight, targets, temperature=temperature, return_entropy=return_entropy)
+        return reference.fused_logprobs(
+            hidden, weight, targets, temperature=temperature, return_entropy=return_entropy
+        )
     logp, entropy = _FusedLogprobsFunction.apply(hidden, weight, targets.contiguous(), float(temperature), backend)
     return (logp, entropy) if return_entropy else logp

@@ -124,6 +124,19 @@ def test_tied_embedding_weight_accumulates(backend, device):
     assert_grad_close(weight.grad, want.grad, 1e-5)
 
 
+def test_non_contiguous_hidden(backend, device):
+    """Rows picked from a larger activation (every other token): a strided view, no copy needed."""
+    big, weight, targets = make_inputs(18, 16, 77, torch.float32, device, seed=12)
+    big.requires_grad_()
+    hidden = big[::2]
+    logp, entropy = fused_logprobs(hidden, weight, targets[::2], temperature=0.9, return_entropy=True)
+    (logp.sum() + entropy.sum()).backward()
+    want_logp, want_entropy, want_gh, _ = oracle(hidden, weight, targets[::2], 0.9, torch.ones(9), torch.ones(9))
+    torch.testing.assert_close(logp.double(), want_logp, atol=2e-5, rtol=2e-5)
+    assert_grad_close(big.grad[::2], want_gh, 1e-5)
+    assert not big.grad[1::2].any()
+
+
 def test_only_weight_requires_grad(backend, device):
     hidden, weight, targets = make_inputs(9, 16, 77, torch.float32, device)
     weight.requires_grad_()
@@ -180,7 +193,8 @@ def test_chunk_forward_backward_one_pass(device, chunk_backend):
     logp, entropy, grad_hidden = (torch.cat(parts) for parts in zip(*outs))
     h64, w64 = hidden.double().requires_grad_(), weight.double().requires_grad_()
     want_logp, want_entropy = R.fused_logprobs(h64, w64, targets, temperature=temperature, return_entropy=True)
-    (-(advantages.double() * torch.exp(want_logp - old_logp.double())).sum() - ent_coef * want_entropy.sum()).backward()
+    ratio = torch.exp(want_logp - old_logp.double())
+    (-(advantages.double() * ratio).sum() - ent_coef * want_entropy.sum()).backward()
     torch.testing.assert_close(logp.double(), want_logp.detach(), atol=2e-5, rtol=0)
     torch.testing.assert_close(entropy.double(), want_entropy.detach(), atol=2e-5, rtol=0)
     assert_grad_close(grad_hidden, h64.grad, 1e-5)
@@ -287,7 +301,7 @@ def _bad(**changes):
     (_bad(hidden=torch.randn(5, 8, 1)), ValueError, r"\[N, H\]"),
     (_bad(weight=torch.randn(0, 8)), ValueError, "V=0"),
     (_bad(weight=torch.randn(20, 8, dtype=torch.bfloat16)), TypeError, "dtype"),
-    (_bad(hidden=torch.randn(5, 8, dtype=torch.float64), weight=torch.randn(20, 8, dtype=torch.float64)), TypeError, "dtype"),
+    (_bad(hidden=torch.randn(5, 8).double(), weight=torch.randn(20, 8).double()), TypeError, "dtype"),
     (_bad(temperature=0.0), ValueError, "temperature"),
     (_bad(temperature=-1.3), ValueError, "temperature"),
     (_bad(temperature=float("nan")), ValueError, "temperature"),
