@@ -15,8 +15,9 @@ Why this split: the matmuls are >99% of the FLOPs and cuBLAS runs them near peak
 only stream the fp32 chunk (memory-bound, one read in the forward, one read + one write in the
 backward). Recomputing the logits costs 2NHV but saves holding N x V (Liger's fused linear cross
 entropy makes the same trade). A fully fused Triton matmul + softmax was not attempted: it must beat
-cuBLAS on the matmul to win. Measured so far only on CPU (bench/RESULTS.md): the chunked PyTorch
-path runs at the reference's speed with a fraction of its memory; GPU timings: not measured yet.
+cuBLAS on the matmul to win. Measured so far only on CPU (bench/RESULTS.md, a loaded 2-core box):
+the chunked PyTorch path holds 2-12x less memory than the materialized reference at 0.3-1.2x its
+speed (the recompute costs 8NHV vs 6NHV FLOPs); GPU timings: not measured yet.
 
 Memory bound (tested in tests/test_logprob.py): apart from the inputs, outputs, saved [N] vectors,
 grad_hidden [N, H] and one fp32 grad_weight accumulator [V, H], the largest temporaries are the
@@ -303,11 +304,21 @@ def _chunk_forward_backward(
     the chunk's logits are computed once, `token_grads(logp, entropy)` (each [C] fp32, detached)
     returns (dL/dlogp, dL/dentropy) as [C] tensors or None, and the same logits buffer becomes
     dL/dlogits. Returns (logp [C] fp32, entropy [C] fp32, grad_hidden [C, H] in hidden's dtype) and
-    adds dL/dweight into `grad_weight` ([V, H] fp32, in place) when given. The caller picks C so that
-    C * V * 6 bytes fits its budget (see chunk_rows); inputs are trusted (validate upstream).
-    `backend`: "triton" or "torch" (default: backend_for(hidden_chunk.device), reference -> torch).
+    adds dL/dweight into `grad_weight` ([V, H] fp32, in place) when given. Chunk size C: the caller's;
+    `_one_pass_rows(weight, backend)` gives the C whose buffers fit CHUNK_BUDGET_BYTES. Inputs are
+    trusted (validate them upstream with _check_inputs). Runs under no_grad: nothing here is
+    recorded by autograd; push grad_hidden into the model with hidden.backward(grad_hidden).
+    `backend`: "triton" or "torch" (default: backend_for(hidden_chunk.device); "reference" -> torch).
     """
-    backend = backend or backend_for(hidden_chunk.device)
+    with torch.no_grad():  # gradients are computed here by hand; inputs may require grad
+        return _chunk_forward_backward_impl(
+            hidden_chunk.detach(), weight.detach(), targets_chunk, token_grads, temperature, grad_weight,
+            backend or backend_for(hidden_chunk.device),
+        )
+
+
+def _chunk_forward_backward_impl(hidden_chunk, weight, targets_chunk, token_grads, temperature, grad_weight,
+                                 backend):
     plan = _Plan(weight, "triton" if backend == "triton" else "torch")
     inv_temperature = 1.0 / float(temperature)
     hidden_op, weight_op = plan.operand(hidden_chunk), plan.operand(weight)
@@ -324,6 +335,12 @@ def _chunk_forward_backward(
     if grad_weight is not None:
         plan.accumulate_grad_weight(grad_weight, grad_logits, hidden_op)
     return logp, entropy, grad_hidden
+
+
+def _one_pass_rows(weight: torch.Tensor, backend: Optional[str] = None) -> int:
+    """Rows per _chunk_forward_backward call that keep its [rows, V] buffers within the budget."""
+    backend = backend or backend_for(weight.device)
+    return _Plan(weight, "triton" if backend == "triton" else "torch").backward_rows
 
 
 class _FusedLogprobsFunction(torch.autograd.Function):

@@ -174,6 +174,8 @@ def test_chunk_forward_backward_one_pass(device, chunk_backend):
     """A PPO-like loss whose dL/dlogp depends on logp, fed through two chunks, equals autograd."""
     n, h, v = 30, 24, 513
     hidden, weight, targets = make_inputs(n, h, v, torch.float32, device, seed=11)
+    hidden.requires_grad_()  # as in a trainer: the activation is part of a graph
+    weight.requires_grad_()
     gen = torch.Generator().manual_seed(2)
     old_logp = (torch.randn(n, generator=gen) * 0.1 - 5).to(device)
     advantages = torch.randn(n, generator=gen).to(device)
@@ -191,7 +193,8 @@ def test_chunk_forward_backward_one_pass(device, chunk_backend):
         for rows in (slice(0, 13), slice(13, n))
     ]
     logp, entropy, grad_hidden = (torch.cat(parts) for parts in zip(*outs))
-    h64, w64 = hidden.double().requires_grad_(), weight.double().requires_grad_()
+    assert not grad_hidden.requires_grad and not logp.requires_grad
+    h64, w64 = hidden.detach().double().requires_grad_(), weight.detach().double().requires_grad_()
     want_logp, want_entropy = R.fused_logprobs(h64, w64, targets, temperature=temperature, return_entropy=True)
     ratio = torch.exp(want_logp - old_logp.double())
     (-(advantages.double() * ratio).sum() - ent_coef * want_entropy.sum()).backward()
@@ -222,6 +225,9 @@ def test_chunk_rows_respects_budget():
     assert LP.chunk_rows(151936, 6) == 256 * 2**20 // (151936 * 6)
     assert LP.chunk_rows(10**9, 4) == 1  # one row even when a single row exceeds the budget
     assert LP.chunk_rows(1001, 4, budget_bytes=64 * 1024) == 16
+    weight = torch.zeros(151936, 8)
+    assert LP._one_pass_rows(weight, "triton") == 256 * 2**20 // (151936 * 4)
+    assert LP._one_pass_rows(weight, "torch") == 256 * 2**20 // (151936 * 8)
 
 
 def peak_allocated_bytes(fn, device) -> int:
