@@ -3,8 +3,8 @@
 - `base`: TinyZero's R1-Zero text for base models, ending in the pre-filled "<think>" so the model
   starts reasoning at once. Kept word for word (numbers as a Python list) for comparability.
 - `instruct`: the same request through the tokenizer's own chat template (Qwen2.5-Instruct style).
-- `compact`: "3 7 12=19:" for the embedded tiny model, whose context and compute are small; the
-  model answers "<answer>7+12</answer>" directly.
+- `compact`: "3 7 12=22:" for the embedded tiny model, whose context and compute are small; the
+  model answers "<answer>12+7+3</answer>" directly (every number is used exactly once).
 The response (what the reward sees) is only what the model generates after the prompt.
 """
 from __future__ import annotations
