@@ -345,6 +345,16 @@ def test_bad_parquet_row_names_row_index(tmp_path):
         load_problems(path)
 
 
+def test_unreadable_files_name_the_file(tmp_path):
+    (tmp_path / "junk.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(ValueError, match=r"junk\.parquet: not a readable parquet file"):
+        load_problems(tmp_path / "junk.parquet")
+    (tmp_path / "p.jsonl").write_bytes(b'{"numbers": [1, 2], "target": 3}\n\xff\xfe\n')
+    with pytest.raises(ValueError, match=r"p\.jsonl: line 2: not UTF-8"):
+        load_problems(tmp_path / "p.jsonl")
+    assert read_problems(tmp_path / "p.jsonl", skip_bad=True).problems == [Problem((1, 2), 3)]
+
+
 def test_unknown_extension_and_missing_file(tmp_path):
     with pytest.raises(ValueError, match=r"unknown file type '\.csv'"):
         load_problems(tmp_path / "p.csv")

@@ -52,9 +52,10 @@ Key = tuple[tuple[int, ...], int]
 
 def _as_count(value: Any, what: str) -> int:
     """An int >= 0 (bools and floats rejected: `True` or `3.5` as a number is always a mistake)."""
-    if isinstance(value, bool) or not isinstance(value, _numbers.Integral):
-        raise ValueError(f"{what} must be an integer, got {value!r}")
-    value = int(value)
+    if type(value) is not int:  # the common case skips the slow ABC check below
+        if isinstance(value, bool) or not isinstance(value, _numbers.Integral):
+            raise ValueError(f"{what} must be an integer, got {value!r}")
+        value = int(value)
     if not 0 <= value <= MAX_VALUE:
         raise ValueError(f"{what} must be in 0..{MAX_VALUE}, got {value}")
     return value
@@ -68,7 +69,9 @@ class Problem:
     target: int
 
     def __post_init__(self) -> None:
-        if isinstance(self.numbers, (str, bytes)) or not isinstance(self.numbers, Iterable):
+        if type(self.numbers) not in (tuple, list) and (
+            isinstance(self.numbers, (str, bytes)) or not isinstance(self.numbers, Iterable)
+        ):
             raise ValueError(f"numbers must be a sequence of integers, got {self.numbers!r}")
         nums = tuple(_as_count(n, "each number") for n in self.numbers)
         if not 1 <= len(nums) <= MAX_NUMBERS:
@@ -340,29 +343,37 @@ def _problem_from_row(row: Any) -> Problem:
         if fields.get(name) is None:
             raise ValueError(f"missing {name!r}")
     nums = fields["numbers"]
-    if isinstance(nums, (str, bytes, dict)) or not isinstance(nums, Iterable):
+    if type(nums) is not list and (isinstance(nums, (str, bytes, dict)) or not isinstance(nums, Iterable)):
         raise ValueError(f"numbers must be a list of integers, got {nums!r}")
     return Problem(tuple(nums), fields["target"])
 
 
 def _jsonl_rows(path: Path) -> Iterable[tuple[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
+    with open(path, "rb") as f:  # bytes, so one line of bad UTF-8 is one bad row, not a crash
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue  # blank lines (a trailing newline, a hand-edited file) are not rows
             try:
-                yield f"line {lineno}", json.loads(line)
+                yield f"line {lineno}", json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                yield f"line {lineno}", ValueError(f"not UTF-8 text: {e.reason}")
             except json.JSONDecodeError as e:
                 yield f"line {lineno}", ValueError(f"invalid JSON: {e.msg}")
 
 
 def _parquet_rows(path: Path) -> Iterable[tuple[str, Any]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    wanted = [c for c in ("numbers", "nums", "target", "reward_model") if c in pq.read_schema(path).names]
-    if not wanted:
-        raise ValueError(f"{path}: no numbers/nums/target/reward_model column")
-    for i, row in enumerate(pq.read_table(path, columns=wanted).to_pylist()):
+    try:
+        names = pq.read_schema(path).names
+        wanted = [c for c in ("numbers", "nums", "target", "reward_model") if c in names]
+        if not wanted:
+            raise ValueError(f"{path}: no numbers/nums/target/reward_model column (found {names})")
+        rows = pq.read_table(path, columns=wanted).to_pylist()
+    except pa.ArrowException as e:
+        raise ValueError(f"{path}: not a readable parquet file: {e}") from None
+    for i, row in enumerate(rows):
         yield f"row {i}", row
 
 
@@ -414,6 +425,8 @@ def save_problems(problems: Iterable[Problem], path: str | os.PathLike) -> None:
                     f.write(_jsonl_line(p, i).encode())
             else:
                 _write_parquet(list(problems), f)
+            f.flush()
+            os.fsync(f.fileno())  # the data is on disk before the name points at it
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
