@@ -401,15 +401,20 @@ def test_cli_generate_writes_disjoint_splits(tmp_path, capsys):
      (["--min-value", "5", "--max-value", "3"], "--min-value"), (["--max-numbers", "7"], "--max-numbers"),
      (["--min-numbers", "0"], "--min-numbers"), (["--test-n", "5"], "--test-n"),
      (["--test-n", "5", "--test-out", "OUT"], "--test-out"),
-     (["--n", "7", "--min-numbers", "1", "--max-numbers", "1", "--max-value", "2", "--max-target", "3"], "--n")],
+     (["--n", "7", "--min-numbers", "1", "--max-numbers", "1", "--max-value", "2", "--max-target", "3"], "--n"),
+     (["--out", "DIR/x.parquet"], "--out: cannot write under"), (["--test-n", "3", "--test-out", "FOLDER"], "is a folder")],
 )
 def test_cli_generate_rejects_bad_arguments_naming_the_option(tmp_path, capsys, extra, option):
-    out = str(tmp_path / "train.jsonl")
-    argv = ["generate", "--n", "5", "--out", out] + [out if a == "OUT" else a for a in extra]  # later flags win
+    out, blocked = str(tmp_path / "train.jsonl"), tmp_path / "blocked"
+    blocked.write_text("a file where a folder should be")
+    (tmp_path / "folder.parquet").mkdir()
+    names = {"OUT": out, "FOLDER": str(tmp_path / "folder.parquet")}
+    extra = [names.get(a, a.replace("DIR", str(blocked))) for a in extra]
+    argv = ["generate", "--n", "5", "--out", out] + extra  # later flags win
     with pytest.raises(SystemExit) as exit_info:
         cli_main(argv)
     assert exit_info.value.code == 2 and option in capsys.readouterr().err
-    assert not list(tmp_path.iterdir())  # failed before any work: nothing written
+    assert {p.name for p in tmp_path.iterdir()} == {"blocked", "folder.parquet"}  # nothing written
 
 
 def test_cli_solve_score_show(tmp_path, capsys):

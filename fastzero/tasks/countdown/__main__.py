@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import re
 import sys
 import time
@@ -100,6 +101,9 @@ def _check_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error("--test-n and --test-out go together")
     if args.test_out is not None and args.test_out.resolve() == args.out.resolve():
         parser.error("--test-out must differ from --out")
+    for option, path in (("--out", args.out), ("--test-out", args.test_out)):
+        if path is not None and (problem := _unwritable(path)):
+            parser.error(f"{option}: {problem}")  # now, not after minutes of generation
     wanted = args.n + (args.test_n or 0)
     if wanted > ranges.capacity():
         parser.error(
@@ -107,6 +111,18 @@ def _check_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -
             f"distinct problems these ranges hold; widen --max-value/--max-target"
         )
     return ranges
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why `path` could not be written (its folders are created if missing), or None."""
+    if path.is_dir():
+        return f"{path} is a folder"
+    folder = path.resolve().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        return f"cannot write under {folder}"
+    return None
 
 
 def _size_summary(problems: list[Problem]) -> str:
