@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from .config import DataConfig
-from .tasks.countdown.problems import Problem, generate_problems, load_problems
+from .tasks.countdown.problems import Problem, generate_problems, read_problems
 from .tasks.countdown.prompts import render_prompt
 
 
@@ -22,17 +22,17 @@ def _key(problem: Problem) -> tuple:
 
 
 class TaskData:
-    def __init__(self, cfg: DataConfig, tokenizer: Any, *, seed: int):
+    def __init__(self, cfg: DataConfig, tokenizer: Any, *, seed: int, log=print):
         self.cfg, self.tokenizer, self.seed = cfg, tokenizer, seed
         ranges = dict(min_numbers=cfg.min_numbers, max_numbers=cfg.max_numbers, min_value=cfg.min_value,
                       max_value=cfg.max_value, min_target=cfg.min_target, max_target=cfg.max_target)
         if cfg.test_path:
-            self.test = _problems_of(load_problems(cfg.test_path, skip_bad=cfg.skip_bad_rows))[: cfg.num_test]
+            self.test = _load(cfg.test_path, cfg.skip_bad_rows, log)[: cfg.num_test]
         else:
             self.test = generate_problems(cfg.num_test, seed=cfg.data_seed, **ranges)
         held_out = {_key(p) for p in self.test}
         if cfg.train_path:
-            loaded = _problems_of(load_problems(cfg.train_path, skip_bad=cfg.skip_bad_rows))
+            loaded = _load(cfg.train_path, cfg.skip_bad_rows, log)
             self.train = [p for p in loaded if _key(p) not in held_out]
         else:
             self.train = generate_problems(cfg.num_train, seed=cfg.data_seed + 1, exclude=held_out, **ranges)
@@ -79,8 +79,8 @@ class TaskData:
         self._order = self._permutation(self.epoch)
 
 
-def _problems_of(loaded: Any) -> list[Problem]:
-    """load_problems may return the problems alone or with a report of skipped rows."""
-    if isinstance(loaded, tuple):
-        return list(loaded[0])
-    return list(loaded)
+def _load(path: str, skip_bad: bool, log) -> list[Problem]:
+    report = read_problems(path, skip_bad=skip_bad)
+    if report.skipped:
+        log(f"{path}: skipped {len(report.skipped)} bad rows (first: {report.skipped[0]})")
+    return report.problems

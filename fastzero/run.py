@@ -22,7 +22,7 @@ from .config import Config, resolve_model_path
 from .data import TaskData
 from .metrics import MetricsLog, ProgressBar, cost_summary, format_cost, plot_metrics
 from .model import CriticModel, load_causal_lm
-from .rollout import make_engine
+from .rollout import make_engine, resolve_engine_kind
 
 
 class Run:
@@ -47,14 +47,14 @@ class Run:
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
         load = dict(dtype=dtype, device=self.device, attn_implementation=cfg.model.attn_implementation,
                     gradient_checkpointing=cfg.model.gradient_checkpointing)
-        self.policy = load_causal_lm(model_path, **load)
+        self.policy, self.backends = load_causal_lm(model_path, **load)
         self.reference = None
         if cfg.algorithm.kl_coef > 0:  # a frozen copy of the starting policy; none when KL is off
             self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
         self.critic = None
         if cfg.algorithm.algorithm == "ppo":
             critic_path = resolve_model_path(cfg.model.critic_path or cfg.model.model_path)
-            self.critic = CriticModel.from_backbone(critic_path, dtype=dtype, device=self.device)
+            self.critic = CriticModel.from_pretrained(critic_path, **load)
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=cfg.optimizer.lr,
                                            weight_decay=cfg.optimizer.weight_decay)
         self.critic_optimizer = (torch.optim.AdamW(self.critic.parameters(), lr=cfg.optimizer.critic_lr,
@@ -62,13 +62,17 @@ class Run:
                                  if self.critic is not None else None)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.stop_ids = tuple(sorted(_stop_ids(self.policy, self.tokenizer)))
-        self.data = TaskData(cfg.data, self.tokenizer, seed=cfg.run.seed)
+        self.data = TaskData(cfg.data, self.tokenizer, seed=cfg.run.seed, log=log)
         self.shuffle_generator = torch.Generator().manual_seed(cfg.run.seed + 17)
-        self.engine = make_engine(cfg.rollout.rollout, model=self.policy, tokenizer=self.tokenizer,
-                                  model_path=model_path, device=self.device, seed=cfg.run.seed,
-                                  max_batch_size=cfg.rollout.gen_batch_size,
-                                  mem_fraction_static=cfg.rollout.sglang_mem_fraction,
-                                  tp_size=cfg.rollout.sglang_tp, bucket_mb=cfg.rollout.sync_bucket_mb)
+        self.engine_kind = resolve_engine_kind(cfg.rollout.rollout)
+        if self.engine_kind == "hf":  # shares the policy module: no copy, no weight transfer
+            self.engine = make_engine("hf", model=self.policy, eos_token_ids=self.stop_ids, seed=cfg.run.seed,
+                                      max_batch_size=cfg.rollout.gen_batch_size, pad_token_id=self.pad_id)
+        else:
+            self.engine = make_engine("sglang", model_path=model_path, seed=cfg.run.seed,
+                                      mem_fraction_static=cfg.rollout.sglang_mem_fraction,
+                                      tp_size=cfg.rollout.sglang_tp,
+                                      bucket_bytes=cfg.rollout.sync_bucket_mb << 20)
         self.state: dict[str, Any] = {}
         self.checkpoints = os.path.join(output_dir, "checkpoints")
         resume_step = None
@@ -130,7 +134,8 @@ class Run:
     def _rng_state(self) -> dict[str, Any]:
         return {"python": random.getstate(), "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "shuffle": self.shuffle_generator.get_state(), "engine": self.engine.rng_state()}
+                "shuffle": self.shuffle_generator.get_state(),
+                "engine": self.engine.rng_state() if hasattr(self.engine, "rng_state") else None}
 
     def save(self) -> str:
         models = {"policy": self.policy}
@@ -165,7 +170,8 @@ class Run:
             torch.cuda.set_rng_state_all(rng["cuda"])
         self.shuffle_generator.set_state(rng["shuffle"])
         self.engine.update_weights(self.policy)
-        self.engine.set_rng_state(rng["engine"])
+        if rng["engine"] is not None and hasattr(self.engine, "set_rng_state"):
+            self.engine.set_rng_state(rng["engine"])
         self.data.restore(state.pop("data"))
         state["wall_before_resume"] = state.pop("wall_seconds", 0.0)
         self.state = state

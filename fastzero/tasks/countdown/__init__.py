@@ -8,11 +8,12 @@
 - prompts: the `base`, `instruct` and `compact` templates.
 `python -m fastzero.tasks.countdown --help` generates, solves, scores and shows problems.
 """
-from .problems import Problem, generate_problems, generate_splits, load_problems, save_problems, train_test_split
+from .problems import (LoadReport, Problem, generate_problems, generate_splits, load_problems, read_problems,
+                       save_problems, train_test_split)
 from .prompts import TEMPLATES, render_prompt
 from .reference import reference_score, reference_solve
 from .verifier import score, score_batch, solve
 
-__all__ = ["Problem", "generate_problems", "generate_splits", "load_problems", "save_problems",
+__all__ = ["LoadReport", "read_problems", "Problem", "generate_problems", "generate_splits", "load_problems", "save_problems",
            "train_test_split", "TEMPLATES", "render_prompt", "reference_score", "reference_solve",
            "score", "score_batch", "solve"]
