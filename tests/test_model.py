@@ -21,6 +21,16 @@ from fastzero.model import (
 VOCAB = 37
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads; on a busy 2-core box OpenMP spin-waiting
+    slows them ~100x (measured): run this module single-threaded."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_config(tie: bool = True):
     from transformers import Qwen2Config
 

@@ -1,0 +1,225 @@
+"""The transformers rollout engine on a tiny random Qwen2, against full-forward (no cache) oracles."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastzero.rollout import make_engine, resolve_engine_kind
+from fastzero.rollout.base import SamplingParams
+from fastzero.rollout.hf import HFEngine, sample_next
+
+VOCAB, EOS = 24, 1
+PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 2], [3], [20, 4, 17, 9]]  # different lengths: padding
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core box OpenMP spin-waiting
+    makes a 1 ms forward take 200 ms (measured): run this module single-threaded."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    # A large init range gives peaked, varied next-token distributions (not one repeated token).
+    config = Qwen2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         tie_word_embeddings=True, initializer_range=0.5, eos_token_id=EOS)
+    return Qwen2ForCausalLM(config).eval()
+
+
+def full_forward_logprobs(model, prompt, response, temperature):
+    """log_softmax(logits / T) of each response token, from one cache-free forward in float64."""
+    ids = torch.tensor([prompt + response])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, len(prompt) - 1:-1].double()
+    scale = temperature if temperature > 0 else 1.0
+    return torch.log_softmax(logits / scale, -1).gather(-1, torch.tensor(response)[:, None]).squeeze(-1)
+
+
+def greedy_oracle(model, prompt, steps, stop=()):
+    """Argmax decoding with a full forward per token: no cache, no padding, no batching."""
+    ids = list(prompt)
+    for _ in range(steps):
+        with torch.no_grad():
+            token = int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+        ids.append(token)
+        if token in stop:
+            break
+    return ids[len(prompt):]
+
+
+def test_greedy_equals_cache_free_oracle_and_padding_is_invisible(model):
+    engine = HFEngine(model, eos_token_ids=[])
+    params = SamplingParams(max_new_tokens=12, temperature=0.0)
+    batch = engine.generate(PROMPTS, params)
+    responses = [group[0].response_ids for group in batch]
+    assert len({tuple(r) for r in responses}) > 1 and any(len(set(r)) > 2 for r in responses)  # not degenerate
+    for prompt, group in zip(PROMPTS, batch):
+        alone = engine.generate([prompt], params)[0][0]
+        assert group[0].response_ids == alone.response_ids == greedy_oracle(model, prompt, 12)
+        torch.testing.assert_close(torch.tensor(group[0].logprobs), torch.tensor(alone.logprobs), atol=1e-5, rtol=0)
+        assert group[0].finish_reason == "length" and len(group[0].response_ids) == 12
+
+
+def test_stop_token_ends_response_and_is_included(model):
+    free = HFEngine(model, eos_token_ids=[]).generate(PROMPTS, SamplingParams(max_new_tokens=12, temperature=0))
+    sequence = free[1][0].response_ids
+    stop = sequence[4]  # a token the greedy path reaches at step 4 (or earlier)
+    cut = sequence.index(stop) + 1
+    for engine, params in [
+        (HFEngine(model, eos_token_ids=[stop]), SamplingParams(max_new_tokens=12, temperature=0)),  # as EOS
+        (HFEngine(model, eos_token_ids=[]), SamplingParams(max_new_tokens=12, temperature=0, stop_token_ids=(stop,))),
+    ]:
+        out = engine.generate(PROMPTS, params)
+        got = out[1][0]
+        assert got.response_ids == sequence[:cut] and got.finish_reason == "stop"
+        assert len(got.logprobs) == cut
+        for prompt, group in zip(PROMPTS, out):  # every row: stops at its first stop token, else length
+            oracle = greedy_oracle(model, prompt, 12, stop=(stop,))
+            assert group[0].response_ids == oracle
+            assert group[0].finish_reason == ("stop" if oracle[-1] == stop else "length")
+
+
+def test_model_eos_is_default_stop(model):
+    engine = HFEngine(model)
+    assert engine.eos_token_ids == (EOS,)
+    for group in engine.generate(PROMPTS, SamplingParams(max_new_tokens=40, n=4, seed=3)):
+        for c in group:
+            assert EOS not in c.response_ids[:-1]
+            assert (c.finish_reason == "stop") == (c.response_ids[-1] == EOS)
+            assert len(c.response_ids) <= 40 and (c.finish_reason == "stop" or len(c.response_ids) == 40)
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, -1, 1.0), (0.7, 5, 0.9), (1.3, 0, 0.5)])
+def test_sampler_logprobs_match_full_forward_and_samples_are_in_order(model, temperature, top_k, top_p):
+    engine = HFEngine(model, seed=1)
+    params = SamplingParams(max_new_tokens=9, n=3, temperature=temperature, top_k=top_k, top_p=top_p,
+                            stop_token_ids=(2,))
+    out = engine.generate(PROMPTS, params)
+    assert [len(group) for group in out] == [3] * len(PROMPTS)
+    for index, (prompt, group) in enumerate(zip(PROMPTS, out)):
+        for c in group:
+            assert c.prompt_index == index and 1 <= len(c.response_ids) <= 9
+            # recomputing from THIS prompt reproduces the log-probs: completions sit with their prompt
+            want = full_forward_logprobs(model, prompt, c.response_ids, temperature)
+            torch.testing.assert_close(torch.tensor(c.logprobs, dtype=torch.float64), want, atol=2e-5, rtol=0)
+
+
+def test_seeded_runs_are_identical_and_rng_state_round_trips(model):
+    params = SamplingParams(max_new_tokens=10, n=4, temperature=1.0)
+    first = HFEngine(model, seed=7).generate(PROMPTS, params)
+    assert HFEngine(model, seed=7).generate(PROMPTS, params) == first
+    assert HFEngine(model, seed=8).generate(PROMPTS, params) != first
+    engine = HFEngine(model, seed=7)
+    state = engine.rng_state()
+    a = engine.generate(PROMPTS, params)
+    b = engine.generate(PROMPTS, params)
+    assert a == first and b != a  # the stream advances between calls
+    engine.set_rng_state(state)
+    assert engine.generate(PROMPTS, params) == a  # a resumed run continues the same stream
+    # params.seed: a fresh stream per call, leaving the engine's own stream alone
+    seeded = SamplingParams(max_new_tokens=10, n=4, temperature=1.0, seed=11)
+    state = engine.rng_state()
+    assert engine.generate(PROMPTS, seeded) == engine.generate(PROMPTS, seeded)
+    assert torch.equal(engine.rng_state(), state)
+
+
+def test_micro_batching_and_compaction_do_not_change_greedy_output(model):
+    params = SamplingParams(max_new_tokens=10, n=2, temperature=0.0, stop_token_ids=(3, 7))
+    want = HFEngine(model, max_batch_size=64, compact_fraction=0.0).generate(PROMPTS, params)
+    for batch, compact in [(3, 0.5), (1, 0.0), (64, 1.0)]:
+        got = HFEngine(model, max_batch_size=batch, compact_fraction=compact).generate(PROMPTS, params)
+        assert [[c.response_ids for c in g] for g in got] == [[c.response_ids for c in g] for g in want]
+        for g_got, g_want in zip(got, want):
+            for a, b in zip(g_got, g_want):
+                torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4, rtol=0)
+
+
+def test_sample_next_filters():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    logits = probs.log()
+    def support(params):
+        seen = set()
+        g = torch.Generator().manual_seed(0)
+        for _ in range(300):
+            seen.add(int(sample_next(logits, params, g)[0]))
+        return seen
+    assert support(SamplingParams(max_new_tokens=1, top_k=2)) == {0, 1}
+    assert support(SamplingParams(max_new_tokens=1, top_p=0.7)) == {0, 1}
+    assert support(SamplingParams(max_new_tokens=1, top_p=0.85)) == {0, 1, 2}
+    assert support(SamplingParams(max_new_tokens=1)) == {0, 1, 2, 3}
+    tokens, logp = sample_next(logits, SamplingParams(max_new_tokens=1, temperature=0.0), None)
+    assert int(tokens) == 0 and torch.allclose(logp, probs[0, 0].log())
+    # the reported log-prob ignores the filters: it is the temperature-scaled distribution's
+    tokens, logp = sample_next(logits, SamplingParams(max_new_tokens=1, top_k=1, temperature=0.5),
+                               torch.Generator().manual_seed(0))
+    assert int(tokens) == 0 and torch.allclose(logp, torch.log_softmax(logits / 0.5, -1)[0, 0])
+
+
+def test_training_mode_is_restored(model):
+    model.train()
+    try:
+        HFEngine(model).generate([[5, 6]], SamplingParams(max_new_tokens=2))
+        assert model.training
+    finally:
+        model.eval()
+    HFEngine(model).generate([[5, 6]], SamplingParams(max_new_tokens=2))
+    assert not model.training
+
+
+def test_update_weights(model):
+    from transformers import Qwen2ForCausalLM
+
+    torch.manual_seed(5)
+    other = Qwen2ForCausalLM(model.config).eval()
+    student = Qwen2ForCausalLM(model.config).eval()
+    engine = HFEngine(student)
+    engine.update_weights(student)  # the shared module: nothing to do
+    engine.update_weights(other)
+    for (name, a), b in zip(student.state_dict().items(), other.state_dict().values()):
+        assert torch.equal(a, b), name
+    engine.update_weights([("model.norm.weight", torch.full((64,), 2.0))])
+    assert torch.equal(student.model.norm.weight, torch.full((64,), 2.0))
+    with pytest.raises(KeyError, match="no tensor named"):
+        engine.update_weights([("model.nope", torch.zeros(1))])
+    with pytest.raises(ValueError, match="shape"):
+        engine.update_weights([("model.norm.weight", torch.zeros(3))])
+
+
+def test_bad_inputs_fail_clearly(model):
+    engine = HFEngine(model)
+    params = SamplingParams(max_new_tokens=4)
+    with pytest.raises(ValueError, match="empty"):
+        engine.generate([], params)
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        engine.generate([[3], []], params)
+    with pytest.raises(ValueError, match="outside"):
+        engine.generate([[3, VOCAB]], params)
+    with pytest.raises(TypeError, match="token ids"):
+        engine.generate(["3 4 5"], params)
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        engine.generate([[3] * 61], params)  # 61 + 4 > 64
+    for bad in [dict(max_new_tokens=0), dict(max_new_tokens=2, temperature=-1.0), dict(max_new_tokens=2, top_p=0.0),
+                dict(max_new_tokens=2, n=0), dict(max_new_tokens=2, stop_token_ids=(-1,)),
+                dict(max_new_tokens=2, temperature=float("nan")), dict(max_new_tokens=2, seed=1.5)]:
+        with pytest.raises(ValueError):
+            SamplingParams(**bad)
+
+
+def test_make_engine_picks_hf_without_sglang_or_cuda(model):
+    engine = make_engine("auto", model=model)
+    if not torch.cuda.is_available():
+        assert isinstance(engine, HFEngine)
+        with pytest.raises(RuntimeError, match="sglang"):
+            resolve_engine_kind("sglang")
+    with pytest.raises(ValueError, match="'auto', 'hf' or 'sglang'"):
+        make_engine("vllm", model=model)
+    with pytest.raises(ValueError, match="model="):
+        make_engine("hf")
