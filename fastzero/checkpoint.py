@@ -45,7 +45,7 @@ def save_checkpoint(root: str, step: int, *, models: dict[str, Any], optimizers:
     tmp = tempfile.mkdtemp(dir=root, prefix=f".tmp-{name}-")
     try:
         for model_name, model in models.items():
-            model.save_pretrained(os.path.join(tmp, model_name), safe_serialization=True)
+            model.save_pretrained(os.path.join(tmp, model_name))  # safetensors by default
         if tokenizer is not None:
             tokenizer.save_pretrained(os.path.join(tmp, "policy"))
         torch.save({k: opt.state_dict() for k, opt in optimizers.items()}, os.path.join(tmp, "optimizers.pt"))

@@ -47,6 +47,7 @@ class Run:
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
         load = dict(dtype=dtype, device=self.device, attn_implementation=cfg.model.attn_implementation,
                     gradient_checkpointing=cfg.model.gradient_checkpointing)
+        self._load_options = load
         self.policy, self.backends = load_causal_lm(model_path, **load)
         self.reference = None
         if cfg.algorithm.kl_coef > 0:  # a frozen copy of the starting policy; none when KL is off
@@ -161,7 +162,9 @@ class Run:
         _load_weights(self.policy, os.path.join(path, "policy"), load_file)
         self.optimizer.load_state_dict(optimizers["policy"])
         if self.critic is not None:
-            _load_weights(self.critic, os.path.join(path, "critic"), load_file)
+            saved = CriticModel.from_pretrained(os.path.join(path, "critic"), **self._load_options)
+            self.critic.load_state_dict(saved.state_dict())
+            del saved
             self.critic_optimizer.load_state_dict(optimizers["critic"])
         rng = state.pop("rng")
         random.setstate(rng["python"])
@@ -184,7 +187,7 @@ class Run:
             self.bar.close()
         final_dir = os.path.join(self.output_dir, "final")
         tmp = final_dir + ".tmp"
-        self.policy.save_pretrained(tmp, safe_serialization=True)
+        self.policy.save_pretrained(tmp)
         self.tokenizer.save_pretrained(tmp)
         if os.path.isdir(final_dir):
             import shutil
