@@ -221,12 +221,11 @@ def train_loop(run: Run) -> dict[str, float]:
         run.report_eval("start", result)
     run.progress_start(start_step)
     started = time.perf_counter()
-    step = start_step
+    step, final = start_step, None
+    if step >= cfg.run.max_steps:  # nothing to train (max_steps 0, or a finished run resumed)
+        final = trainer.evaluate() if start_step else run.state["eval_start"]
     last_eval = None
     while step < cfg.run.max_steps:
-        if cfg.run.time_limit_minutes and time.perf_counter() - started > 60 * cfg.run.time_limit_minutes:
-            run.say(f"time limit of {cfg.run.time_limit_minutes} min reached at step {step}")
-            break
         step += 1
         step_started = time.perf_counter()
         try:
@@ -240,13 +239,17 @@ def train_loop(run: Run) -> dict[str, float]:
             if run.state["bad_in_a_row"] >= cfg.optimizer.max_bad_steps:
                 raise RuntimeError(
                     f"stopping: non-finite {err} in {run.state['bad_in_a_row']} steps in a row (step {step}); "
-                    "lower --lr or raise --grad-clip strictness, then --resume from the last checkpoint"
+                    "lower --lr or --grad-clip, then --resume from the last checkpoint"
                 ) from None
         row.update({f"time/{k}": v for k, v in trainer.timer.take_step().items()})
         row["time/step"] = time.perf_counter() - step_started
-        if cfg.run.eval_every and step % cfg.run.eval_every == 0 and step < cfg.run.max_steps:
+        limit = cfg.run.time_limit_minutes
+        out_of_time = bool(limit) and time.perf_counter() - started > 60 * limit
+        is_last = step >= cfg.run.max_steps or out_of_time
+        if is_last or (cfg.run.eval_every and step % cfg.run.eval_every == 0):
             last_eval = trainer.evaluate()
             row.update(last_eval)
+            final = last_eval if is_last else None
         run.state["step"] = step
         run.state["phase_seconds"] = dict(trainer.timer.totals)
         run.metrics.log(row)
@@ -254,8 +257,9 @@ def train_loop(run: Run) -> dict[str, float]:
         if cfg.run.save_every and step % cfg.run.save_every == 0:
             with trainer.timer.phase("checkpoint"):
                 run.save()
-    final = trainer.evaluate()
+        if out_of_time:
+            run.say(f"\ntime limit of {limit} min reached after step {step}")
+            break
     run.state["phase_seconds"] = dict(trainer.timer.totals)
-    run.metrics.log({"step": step, **final})
     run.report_eval("end", final)
     return final
