@@ -16,8 +16,10 @@ How it decodes, per micro-batch of at most `max_batch_size` rows (each prompt re
 - prefill fills a DynamicCache; each step feeds one token per row with the mask grown by a column;
 - a row that hits a stop token is done; done rows stay in the batch (fed a pad token, output
   ignored) until at most `compact_fraction` of the rows are still alive, then the batch and its
-  KV cache are compacted to the live rows (cheaper than compacting on every finish; see
-  bench/bench_rollout_hf.py numbers in the report).
+  KV cache are compacted to the live rows. Measured on the 2-core dev box (1 thread, 1.05M-param
+  Qwen2, 256 rows, <= 128 new tokens, mean length 32): never compacting 2.1k tokens/s, compacting
+  at half alive 6.7k, on every finish 6.4k. Without early stops the loop matches model.generate
+  (~6-7k tokens/s; 97% of the time is the model's forward).
 Dropped: beam search, penalties, speculative decoding, prompt-length bucketing.
 """
 from __future__ import annotations
