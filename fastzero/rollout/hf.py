@@ -135,7 +135,9 @@ class HFEngine:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.inference_mode():
+            # no_grad, not inference_mode: a module that caches a tensor during generation (dynamic
+            # RoPE) would otherwise hand the trainer an inference tensor it cannot backprop through.
+            with torch.no_grad():
                 for start in range(0, len(rows), self.max_batch_size):
                     chunk = rows[start:start + self.max_batch_size]
                     for (prompt_index, _), completion in zip(chunk, self._decode([ids for _, ids in chunk],
