@@ -69,6 +69,12 @@ if triton_importable():
     import triton
     import triton.language as tl
 
+    # The same row indices as Triton compile-time constants: a kernel may only read globals that
+    # are tl.constexpr objects (the interpreter does not enforce it; the GPU compiler does).
+    _LOSS_ROW, _CLIPPED_ROW, _DUAL_ROW, _KL_OLD_ROW, _KL_REF_ROW, _ENTROPY_ROW = (
+        tl.constexpr(row) for row in (_LOSS, _CLIPPED, _DUAL_CLIPPED, _KL_OLD, _KL_REF, _ENTROPY)
+    )
+
     @triton.jit
     def _token_loss_kernel(
         # pointers: [C] fp32 inputs (old/adv/ref already zeroed where weight == 0)
@@ -99,7 +105,7 @@ if triton_importable():
             dual = (adv < 0) & (ratio > dual_clip)
             loss = tl.where(dual, -adv * dual_clip, loss)
             zeroed = zeroed | dual
-            tl.store(terms_ptr + _DUAL_CLIPPED * terms_stride + offs, tl.where(valid & dual, 1.0, 0.0), mask=inside)
+            tl.store(terms_ptr + _DUAL_ROW * terms_stride + offs, tl.where(valid & dual, 1.0, 0.0), mask=inside)
         dlogp = tl.where(zeroed, 0.0, -adv * ratio)
         if HAS_REF:
             diff = lp - tl.load(ref_ptr + offs, mask=inside, other=0.0)
@@ -115,15 +121,15 @@ if triton_importable():
                 dkl = 1.0 - back
             loss += kl_coef * kl
             dlogp += kl_coef * dkl
-            tl.store(terms_ptr + _KL_REF * terms_stride + offs, tl.where(valid, kl, 0.0), mask=inside)
+            tl.store(terms_ptr + _KL_REF_ROW * terms_stride + offs, tl.where(valid, kl, 0.0), mask=inside)
         loss -= entropy_coef * ent
         kl_old = (ratio - 1.0) - (lp - old)
         # Rows not written here (dual clip, KL to ref when absent) stay at the buffer's zeros.
         tl.store(dlogp_ptr + offs, tl.where(valid, w * dlogp, 0.0), mask=inside)
-        tl.store(terms_ptr + _LOSS * terms_stride + offs, tl.where(valid, w * loss, 0.0), mask=inside)
-        tl.store(terms_ptr + _CLIPPED * terms_stride + offs, tl.where(valid & clipped, 1.0, 0.0), mask=inside)
-        tl.store(terms_ptr + _KL_OLD * terms_stride + offs, tl.where(valid, kl_old, 0.0), mask=inside)
-        tl.store(terms_ptr + _ENTROPY * terms_stride + offs, tl.where(valid, ent, 0.0), mask=inside)
+        tl.store(terms_ptr + _LOSS_ROW * terms_stride + offs, tl.where(valid, w * loss, 0.0), mask=inside)
+        tl.store(terms_ptr + _CLIPPED_ROW * terms_stride + offs, tl.where(valid & clipped, 1.0, 0.0), mask=inside)
+        tl.store(terms_ptr + _KL_OLD_ROW * terms_stride + offs, tl.where(valid, kl_old, 0.0), mask=inside)
+        tl.store(terms_ptr + _ENTROPY_ROW * terms_stride + offs, tl.where(valid, ent, 0.0), mask=inside)
 
 
 def _token_loss_triton(logp, entropy, old, adv, ref, weight, cfg: LossConfig, terms_out):
