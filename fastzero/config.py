@@ -86,6 +86,8 @@ class AlgorithmConfig:
     kl_type: str = opt("k3", "KL estimator", ("k1", "k2", "k3"))
     kl_in_reward: bool = opt(False, "apply KL as a per-token reward penalty (TinyZero) instead of in the loss")
     entropy_coef: float = opt(0.0, "entropy bonus coefficient")
+    fused_loss: bool = opt(True, "policy loss straight from hidden states in one pass over the vocabulary "
+                                 "(false: log-probs, then the loss; the same numbers, more work)")
     loss_agg: str = opt("token-mean", "loss aggregation",
                         ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"))
     gamma: float = opt(1.0, "GAE discount (ppo, reinforce_pp)")

@@ -205,18 +205,29 @@ def _token_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
 # ---- log-probs of responses ----------------------------------------------------------------------------
 
 
-def sequence_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      response_mask: torch.Tensor, *, temperature: float = 1.0, return_entropy: bool = False,
-                      packed: bool | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """log p(input_ids[b, t] | input_ids[b, :t]) at response positions, as [B, T] fp32 (0 elsewhere).
+@dataclasses.dataclass
+class ResponseTokens:
+    """The response tokens of a padded batch, flattened: what the LM head needs and nothing more."""
 
-    Only the hidden states that predict a response token go through the LM head, via
-    fastzero.kernels.logprob.fused_logprobs (chunked; no [B, T, V] logits). With return_entropy also
-    the entropy of each of those next-token distributions, aligned the same way. packed=None packs
-    when the model runs flash_attention_2 (see uses_packing). Differentiable.
+    hidden: torch.Tensor  # [N, H] hidden states that predict each response token
+    targets: torch.Tensor  # [N] the response token ids
+    flat_positions: torch.Tensor  # [N] each token's index into the flattened [B * T] batch
+
+    def scatter(self, values: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """[N] per-token values back to a [B, T] tensor (0 off the response)."""
+        return values.new_zeros(shape.numel()).scatter(0, self.flat_positions, values).view(shape)
+
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A [B, T] per-token tensor at the response positions, [N]."""
+        return tensor.flatten()[self.flat_positions]
+
+
+def response_tokens(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    response_mask: torch.Tensor, *, packed: bool | None = None) -> ResponseTokens:
+    """Run the body once and keep the hidden states that predict response tokens (no LM head).
+
+    packed=None packs when the model runs flash_attention_2 (see uses_packing). Differentiable.
     """
-    from fastzero.kernels.logprob import fused_logprobs
-
     if not (input_ids.shape == attention_mask.shape == response_mask.shape) or input_ids.dim() != 2:
         raise ValueError(f"input_ids, attention_mask and response_mask must share one [B, T] shape; got "
                          f"{tuple(input_ids.shape)}, {tuple(attention_mask.shape)}, {tuple(response_mask.shape)}")
@@ -228,20 +239,29 @@ def sequence_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask:
     flat_targets = response.flatten().nonzero().squeeze(-1)
     if not bool(real.flatten()[flat_targets - 1].all()):
         raise ValueError("a response token follows padding: attention_mask must be one contiguous run per row")
-    batch, width = input_ids.shape
     rows, row_of = _token_hidden(model, input_ids, attention_mask, uses_packing(model) if packed is None else packed)
     # The token at flat position p is predicted by the hidden state at p - 1 (same row, checked above).
-    predicting = rows[row_of[flat_targets - 1]]
-    result = fused_logprobs(predicting, lm_head_weight(model), input_ids.flatten()[flat_targets],
+    return ResponseTokens(rows[row_of[flat_targets - 1]], input_ids.flatten()[flat_targets], flat_targets)
+
+
+def sequence_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      response_mask: torch.Tensor, *, temperature: float = 1.0, return_entropy: bool = False,
+                      packed: bool | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """log p(input_ids[b, t] | input_ids[b, :t]) at response positions, as [B, T] fp32 (0 elsewhere).
+
+    Only the hidden states that predict a response token go through the LM head, via
+    fastzero.kernels.logprob.fused_logprobs (chunked; no [B, T, V] logits). With return_entropy also
+    the entropy of each of those next-token distributions, aligned the same way. Differentiable.
+    """
+    from fastzero.kernels.logprob import fused_logprobs
+
+    tokens = response_tokens(model, input_ids, attention_mask, response_mask, packed=packed)
+    result = fused_logprobs(tokens.hidden, lm_head_weight(model), tokens.targets,
                             temperature=temperature, return_entropy=return_entropy)
-
-    def scatter(values: torch.Tensor) -> torch.Tensor:
-        return values.new_zeros(batch * width).scatter(0, flat_targets, values).view(batch, width)
-
     if return_entropy:
         logp, entropy = result
-        return scatter(logp), scatter(entropy)
-    return scatter(result)
+        return tokens.scatter(logp, input_ids.shape), tokens.scatter(entropy, input_ids.shape)
+    return tokens.scatter(result, input_ids.shape)
 
 
 # ---- critic ----------------------------------------------------------------------------------------------

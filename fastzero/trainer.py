@@ -16,12 +16,13 @@ import time
 
 import torch
 
-from fastzero.kernels.policy_loss import policy_loss
+from fastzero.kernels.fused_policy_loss import fused_linear_policy_loss
+from fastzero.kernels.policy_loss import policy_loss, token_weights
 
 from .algorithms import compute_advantages, value_loss
 from .batch import SequenceBatch, collate, micro_weight, microbatches, minibatches
 from .metrics import PhaseTimer
-from .model import sequence_logprobs
+from .model import lm_head_weight, response_tokens, sequence_logprobs
 from .rollout.base import SamplingParams
 from .run import Run
 from .tasks.countdown.verifier import score_batch
@@ -112,9 +113,7 @@ class Trainer:
         return old, ref, values
 
     def update(self, batch, old_logp, ref_logp, advantages, old_values, returns) -> dict[str, float]:
-        run, a, o = self.run, self.cfg.algorithm, self.cfg.optimizer
-        temperature = self.cfg.rollout.temperature
-        use_entropy = a.entropy_coef > 0
+        run, a = self.run, self.cfg.algorithm
         kl_in_loss = ref_logp is not None and not a.kl_in_reward and a.kl_coef > 0
         totals: dict[str, float] = {}
         updates = 0
@@ -128,26 +127,19 @@ class Trainer:
                 for rows in microbatches(mini, batch.lengths, a.micro_batch_tokens):
                     mb = batch.select(rows)
                     width = mb.input_ids.shape[1]
-                    out = sequence_logprobs(run.policy, mb.input_ids, mb.attention_mask, mb.response_mask,
-                                            temperature=temperature, return_entropy=use_entropy)
-                    logp, entropy = out if use_entropy else (out, None)
-                    loss, stats = policy_loss(
-                        logp, old_logp[rows, :width], advantages[rows, :width], mb.response_mask,
-                        ref_logp=ref_logp[rows, :width] if kl_in_loss else None,
-                        clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip,
-                        kl_coef=a.kl_coef if kl_in_loss else 0.0, kl_type=a.kl_type,
-                        entropy=entropy, entropy_coef=a.entropy_coef, agg=a.loss_agg,
-                        norm_len=self.cfg.rollout.max_new_tokens)
+                    loss, stats = self.policy_loss(mb, old_logp[rows, :width], advantages[rows, :width],
+                                                   ref_logp[rows, :width] if kl_in_loss else None)
                     weight = micro_weight(a.loss_agg, mb.response_mask, mini_mask)
-                    if run.critic is not None:
+                    total = loss * weight
+                    if run.critic is not None:  # the critic's loss is a token mean over the mini-batch
                         values = _shifted_values(run.critic, mb)
                         v_loss, v_clip = value_loss(values, old_values[rows, :width], returns[rows, :width],
                                                     mb.response_mask, a.value_clip)
-                        loss = loss + v_loss * micro_weight("token-mean", mb.response_mask, mini_mask)
+                        total = total + v_loss * micro_weight("token-mean", mb.response_mask, mini_mask)
                         stats = {**stats, "critic/loss": v_loss.detach(), "critic/clip_frac": v_clip}
-                    if not torch.isfinite(loss):
+                    if not torch.isfinite(total):
                         raise NonFiniteError("loss")
-                    (loss * weight).backward()
+                    total.backward()
                     for key, value in stats.items():
                         mini_stats[key] = mini_stats.get(key, 0.0) + float(value) * weight
                 grad_norm = self.clip_and_step()
@@ -156,6 +148,29 @@ class Trainer:
                     totals[key] = totals.get(key, 0.0) + value
                 updates += 1
         return {key: value / max(1, updates) for key, value in totals.items()}
+
+    def policy_loss(self, mb: SequenceBatch, old_logp, advantages, ref_logp):
+        """The PPO/GRPO loss of one micro-batch: fused from hidden states, or log-probs then loss."""
+        a, policy = self.cfg.algorithm, self.run.policy
+        temperature = self.cfg.rollout.temperature
+        kl_coef = a.kl_coef if ref_logp is not None else 0.0
+        options = dict(clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip, kl_coef=kl_coef,
+                       kl_type=a.kl_type, entropy_coef=a.entropy_coef)
+        norm_len = self.cfg.rollout.max_new_tokens
+        if a.fused_loss:
+            tokens = response_tokens(policy, mb.input_ids, mb.attention_mask, mb.response_mask)
+            weights = token_weights(mb.response_mask, a.loss_agg, norm_len)
+            return fused_linear_policy_loss(
+                tokens.hidden, lm_head_weight(policy), tokens.targets, tokens.gather(old_logp),
+                tokens.gather(advantages), tokens.gather(weights),
+                ref_logp=tokens.gather(ref_logp) if ref_logp is not None else None,
+                temperature=temperature, **options)
+        use_entropy = a.entropy_coef > 0
+        out = sequence_logprobs(policy, mb.input_ids, mb.attention_mask, mb.response_mask,
+                                temperature=temperature, return_entropy=use_entropy)
+        logp, entropy = out if use_entropy else (out, None)
+        return policy_loss(logp, old_logp, advantages, mb.response_mask, ref_logp=ref_logp, entropy=entropy,
+                           agg=a.loss_agg, norm_len=norm_len, **options)
 
     def clip_and_step(self) -> float:
         """Clip the global gradient norm, refuse a non-finite one, and take the optimizer step(s)."""

@@ -133,3 +133,16 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
         trainer.train_loop(Run(cfg, output_dir=str(out)))
     skipped = [r for r in _rows(out) if r.get("skipped")]
     assert [r["step"] for r in skipped] == [1]  # the second bad step raised before logging
+
+
+def test_fused_and_unfused_loss_paths_take_the_same_step(tmp_path):
+    """--fused-loss only changes how the gradient is computed, not what it is."""
+    args = SMALL + ["--max-steps", "1", "--kl-coef", "0.01", "--entropy-coef", "0.01", "--lr", "1e-3"]
+    assert main(args + ["--fused-loss", "true", "--output-dir", str(tmp_path / "fused")]) == 0
+    assert main(args + ["--fused-loss", "false", "--output-dir", str(tmp_path / "plain")]) == 0
+    fused, plain = _weights(tmp_path / "fused"), _weights(tmp_path / "plain")
+    for key in fused:
+        torch.testing.assert_close(fused[key], plain[key], rtol=1e-4, atol=1e-6)
+    a, b = _rows(tmp_path / "fused")[1], _rows(tmp_path / "plain")[1]
+    assert a["reward/mean"] == b["reward/mean"]
+    assert abs(a["clip_frac"] - b["clip_frac"]) < 1e-6
