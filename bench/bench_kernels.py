@@ -2,6 +2,7 @@
 
     python bench/bench_kernels.py            # GPU when present: Qwen2.5 heads, N = 2k..32k tokens
     python bench/bench_kernels.py --cpu      # CPU: small shapes, reference vs chunked PyTorch
+    python bench/bench_kernels.py --workload policy-loss [--cpu]   # fused log-prob + policy loss
 
 Each candidate computes logp [N] (and entropy [N] where it can) from hidden [N, H] and the LM head
 [V, H], then backpropagates a random per-token upstream gradient. Reported per candidate: forward,
@@ -15,9 +16,20 @@ torch.compile of the eager function, Liger's fused linear cross entropy (reducti
 only, no entropy — compare it with "ours, logp only"). CPU candidates: the reference and our
 chunked PyTorch path (default budget, and a 16 MiB budget that actually chunks at these shapes).
 
-To add rows (e.g. the fused log-prob + policy-loss path vs LigerFusedLinearGRPOLoss), register a
-Candidate in WORKLOADS under a new workload name; `build(problem)` returns a closure that runs the
-forward and returns (outputs, upstream grads) for torch.autograd.backward, or raises Unavailable.
+Workload "policy-loss" (fused log-prob + policy loss, forward + backward): the scalar PPO/GRPO
+loss (token-mean, clip 0.2/0.28, k3 KL to ref with coefficient 0.04) from hidden states, backpropagated
+from a unit upstream gradient. Candidates: ours fused one-pass (fused_linear_policy_loss), ours
+two-pass (fused_logprobs + policy_loss: the backward recomputes the logits), eager (materialized
+logits + reference.policy_loss), and Liger's LigerFusedLinearGRPOLoss (compiled on GPU, compiled=False
+on CPU), mapped as loss_type="bnpo" (token mean over the micro-batch) = our token-mean, beta = kl_coef,
+epsilon_low/high = clip_low/high (tests/test_fused_policy_loss.py checks this map numerically). The
+FLOP floor here is 6*N*H*V (logits, grad_hidden, grad_weight: what one pass needs); ratios are
+against Liger. Tokens come as sequences of LOSS_SEQ_LEN with random right padding (lengths in
+[T/2, T]); padded tokens cost every candidate the same.
+
+To add rows, register a Candidate in WORKLOADS under a new workload name; `build(problem)` returns
+a closure that runs the forward and returns (outputs, upstream grads) for torch.autograd.backward,
+or raises Unavailable.
 """
 from __future__ import annotations
 
@@ -36,7 +48,9 @@ import torch
 
 from fastzero.kernels import logprob as LP
 from fastzero.kernels import reference as R
+from fastzero.kernels.fused_policy_loss import fused_linear_policy_loss
 from fastzero.kernels.logprob import fused_logprobs
+from fastzero.kernels.policy_loss import policy_loss, token_weights
 
 QWEN_HEADS = {"qwen2.5-0.5b": 896, "qwen2.5-1.5b": 1536, "qwen2.5-3b": 2048}  # hidden size; V=151936
 QWEN_VOCAB = 151936
@@ -56,11 +70,12 @@ class Problem:
     grad_logp: torch.Tensor  # [N] fp32 upstream gradients
     grad_entropy: torch.Tensor
     temperature: float = 1.0
+    flops_per_nhv: float = 8.0  # the workload's FLOP floor, in units of N*H*V
 
     @property
     def flops(self) -> float:
         n, h = self.hidden.shape
-        return 8.0 * n * h * self.weight.shape[0]
+        return self.flops_per_nhv * n * h * self.weight.shape[0]
 
 
 @dataclasses.dataclass
@@ -147,6 +162,106 @@ def liger_flce(p: Problem):
     return run
 
 
+# ---- workload "policy-loss": fused log-prob + policy loss, forward + backward ---------------------
+
+LOSS_SEQ_LEN = {"cuda": 1024, "cpu": 256}  # tokens per sequence (Liger chunks by sequence)
+LOSS_OPTIONS = dict(clip_low=0.2, clip_high=0.28, kl_coef=0.04, kl_type="k3")
+
+
+@dataclasses.dataclass
+class LossBatch:
+    mask: torch.Tensor  # [B, T] bool, right padding
+    old_logp: torch.Tensor  # [B, T] fp32
+    ref_logp: torch.Tensor  # [B, T] fp32
+    advantages: torch.Tensor  # [B] fp32, one per sequence
+    token_weight: torch.Tensor  # [B*T] fp32: token_weights(mask, "token-mean") flattened
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.mask.shape)
+
+
+def loss_batch(p: Problem) -> LossBatch:
+    """The rest of a PPO/GRPO micro-batch, built the same way (seeded) for every candidate."""
+    n = p.hidden.shape[0]
+    seq_len = min(LOSS_SEQ_LEN[p.hidden.device.type], n)
+    if n % seq_len:
+        raise Unavailable(f"N={n} is not a multiple of the sequence length {seq_len}")
+    batch = n // seq_len
+    gen = torch.Generator().manual_seed(n)
+    with torch.no_grad():
+        logp = fused_logprobs(p.hidden, p.weight, p.targets, temperature=p.temperature).cpu().view(batch, seq_len)
+    lengths = torch.randint(seq_len // 2, seq_len + 1, (batch,), generator=gen)
+    mask = torch.arange(seq_len)[None, :] < lengths[:, None]
+    old = logp + 0.3 * torch.randn(batch, seq_len, generator=gen)  # some tokens clip on either side
+    ref = logp + 0.3 * torch.randn(batch, seq_len, generator=gen)
+    advantages = torch.randn(batch, generator=gen)
+    tensors = (mask, old, ref, advantages, token_weights(mask, "token-mean").reshape(-1))
+    return LossBatch(*(x.to(p.hidden.device) for x in tensors))
+
+
+def ours_fused_loss(backend: str, budget_bytes: int | None = None):
+    def build(p: Problem):
+        lb = loss_batch(p)
+        adv = lb.advantages[:, None].expand(lb.shape).reshape(-1)
+        old, ref = lb.old_logp.reshape(-1), lb.ref_logp.reshape(-1)
+
+        def run():
+            with forced_backend(backend), _budget(budget_bytes):
+                loss, _ = fused_linear_policy_loss(p.hidden, p.weight, p.targets, old, adv, lb.token_weight,
+                                                   ref_logp=ref, temperature=p.temperature, **LOSS_OPTIONS)
+            return [loss], [torch.ones_like(loss)]
+        return run
+    return build
+
+
+def ours_two_pass_loss(backend: str, budget_bytes: int | None = None):
+    def build(p: Problem):
+        lb = loss_batch(p)
+
+        def run():
+            with forced_backend(backend), _budget(budget_bytes):
+                logp = fused_logprobs(p.hidden, p.weight, p.targets, temperature=p.temperature)
+                loss, _ = policy_loss(logp.view(lb.shape), lb.old_logp, lb.advantages, lb.mask,
+                                      ref_logp=lb.ref_logp, agg="token-mean", **LOSS_OPTIONS)
+            return [loss], [torch.ones_like(loss)]
+        return run
+    return build
+
+
+def eager_loss(p: Problem):
+    lb = loss_batch(p)
+
+    def run():
+        logits = (p.hidden @ p.weight.T).float() / p.temperature
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, p.targets.unsqueeze(-1)).squeeze(-1)
+        loss, _ = R.policy_loss(logp.view(lb.shape), lb.old_logp, lb.advantages, lb.mask,
+                                ref_logp=lb.ref_logp, agg="token-mean", **LOSS_OPTIONS)
+        return [loss], [torch.ones_like(loss)]
+    return run
+
+
+def liger_grpo_loss(p: Problem):
+    try:
+        from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss
+    except ImportError as error:
+        raise Unavailable(f"liger_kernel not importable: {error}") from error
+    lb = loss_batch(p)
+    batch, seq_len = lb.shape
+    module = LigerFusedLinearGRPOLoss(
+        beta=LOSS_OPTIONS["kl_coef"], compiled=p.hidden.device.type == "cuda", use_ref_model=True,
+        epsilon_low=LOSS_OPTIONS["clip_low"], epsilon_high=LOSS_OPTIONS["clip_high"], loss_type="bnpo",
+        temperature=p.temperature,
+    )
+    mask = lb.mask.to(p.hidden.dtype)
+
+    def run():
+        loss, _ = module(p.hidden.view(batch, seq_len, -1), p.weight, p.targets.view(batch, seq_len), mask,
+                         lb.advantages, ref_per_token_logps=lb.ref_logp, old_per_token_logps=lb.old_logp)
+        return [loss], [torch.ones_like(loss)]
+    return run
+
+
 WORKLOADS: dict[str, list[Candidate]] = {
     "logprobs": [
         Candidate("eager", eager(False), ("cuda",), "materialized logits"),
@@ -158,8 +273,27 @@ WORKLOADS: dict[str, list[Candidate]] = {
         Candidate("ours (torch chunks)", ours("torch"), ("cpu",), "256 MiB budget"),
         Candidate("ours (torch, 16 MiB)", ours("torch", budget_bytes=16 * 2**20), ("cpu",), "16 MiB budget"),
     ],
+    "policy-loss": [
+        Candidate("liger GRPO", liger_grpo_loss, ("cuda", "cpu"), "LigerFusedLinearGRPOLoss, bnpo"),
+        Candidate("eager", eager_loss, ("cuda", "cpu"), "materialized logits + reference loss"),
+        Candidate("ours two-pass", ours_two_pass_loss("triton"), ("cuda",), "fused_logprobs + policy_loss"),
+        Candidate("ours fused", ours_fused_loss("triton"), ("cuda",), "one pass, 6NHV"),
+        Candidate("ours two-pass (torch)", ours_two_pass_loss("torch"), ("cpu",), "fused_logprobs + policy_loss"),
+        Candidate("ours fused (torch)", ours_fused_loss("torch"), ("cpu",), "one pass, 6NHV"),
+        # 16 MiB = 256 rows x V=8192 x 8 B: chunks as large as Liger's 256-token sequences on CPU.
+        Candidate("two-pass (torch, 16M)", ours_two_pass_loss("torch", 16 * 2**20), ("cpu",), "16 MiB budget"),
+        Candidate("fused (torch, 16M)", ours_fused_loss("torch", 16 * 2**20), ("cpu",), "16 MiB budget"),
+    ],
 }
 BASELINE = {"cuda": "eager", "cpu": "reference"}
+# Pairs (first, second) whose time ratio is also measured back to back, per device.
+PAIRED_RATIOS = {"policy-loss": {
+    "cuda": [("ours fused", "ours two-pass"), ("ours fused", "liger GRPO")],
+    "cpu": [("ours fused (torch)", "ours two-pass (torch)"), ("fused (torch, 16M)", "two-pass (torch, 16M)"),
+            ("ours fused (torch)", "liger GRPO")],
+}}
+WORKLOAD_BASELINE = {"policy-loss": "liger GRPO"}  # overrides BASELINE for that workload
+WORKLOAD_FLOPS_PER_NHV = {"logprobs": 8.0, "policy-loss": 6.0}
 
 
 def make_problem(n, h, v, dtype, device, seed=0) -> Problem:
@@ -231,6 +365,28 @@ def measure(candidate: Candidate, problem: Problem, device, reps: int) -> dict:
     return row
 
 
+def paired_time_ratio(workload: str, first: str, second: str, problem: Problem, device, reps: int) -> float:
+    """Median over reps of time(first) / time(second), each forward + backward run back to back
+    (order alternating): on a shared box, load that drifts between two table rows cancels here."""
+    by_name = {c.name: c for c in WORKLOADS[workload]}
+    fulls = []
+    for name in (first, second):
+        run = by_name[name].build(problem)
+
+        def full(run=run):
+            outputs, grads = run()
+            torch.autograd.backward(outputs, grads)
+            problem.hidden.grad = problem.weight.grad = None
+        full()  # warm-up
+        fulls.append(full)
+    ratios = []
+    for rep in range(reps):
+        order = (0, 1) if rep % 2 == 0 else (1, 0)
+        times = {i: time_ms(fulls[i], device, 1) for i in order}
+        ratios.append(times[0] / times[1])
+    return statistics.median(ratios)
+
+
 def matmul_tflops(h: int, v: int, device, reps: int) -> float:
     """bf16 (GPU) / fp32 (CPU) matmul rate at a head-like shape, measured now: the ceiling we compare to."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -263,7 +419,7 @@ def run_shape(workload: str, problem: Problem, device, reps: int, ceiling_tflops
         finally:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    base = rows.get(BASELINE[device.type], {})
+    base = rows.get(WORKLOAD_BASELINE.get(workload, BASELINE[device.type]), {})
     for row in rows.values():
         if "error" in row:
             continue
@@ -302,26 +458,37 @@ def main() -> None:
         machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     print(f"# bench_kernels: workload={args.workload} device={device.type} ({machine}) torch {torch.__version__}")
     print(HEADER)
-    results, ceilings = [], {}
+    results, ceilings, paired = [], {}, []
     for shape, h, v, n, dtype in shapes_for(device, args.tokens):
         if (h, v) not in ceilings:
             ceilings[(h, v)] = matmul_tflops(h, v, device, reps)
         problem = make_problem(n, h, v, dtype, device)
+        problem.flops_per_nhv = WORKLOAD_FLOPS_PER_NHV[args.workload]
         for name, row in run_shape(args.workload, problem, device, reps, ceilings[(h, v)]).items():
             print(format_row(shape, n, name, row))
             rounded = {k: round(x, 4) if isinstance(x, float) else x for k, x in row.items()}
             results.append({"shape": shape, "H": h, "V": v, "N": n, "dtype": str(dtype).removeprefix("torch."),
                             "candidate": name, **rounded})
+        for first, second in PAIRED_RATIOS.get(args.workload, {}).get(device.type, []):
+            try:
+                ratio = paired_time_ratio(args.workload, first, second, problem, device, 2 * reps + 1)
+            except (Unavailable, torch.OutOfMemoryError) as why:
+                print(f"# {shape} N={n}: {first} / {second}: not measured ({why})")
+                continue
+            print(f"# {shape} N={n}: time {first} / {second} = {ratio:.2f} (back-to-back pairs, median of "
+                  f"{2 * reps + 1})")
+            paired.append({"shape": shape, "N": n, "first": first, "second": second, "time_ratio": round(ratio, 4)})
     for candidate in WORKLOADS[args.workload]:
         if device.type not in candidate.devices:
             print(format_row("GPU shapes" if device.type == "cpu" else "CPU shapes", "-", candidate.name,
                              {"error": f"not measured (runs on {'/'.join(candidate.devices)} only)"}))
     kind = "bf16" if device.type == "cuda" else "fp32"
     ceiling_text = ", ".join(f"H{h}xV{v}: {t:.3f} TFLOP/s" for (h, v), t in ceilings.items())
-    print(f"# %mm: achieved TFLOP/s over the 8*N*H*V floor, as % of a {kind} matmul measured now: {ceiling_text}")
+    floor = f"{WORKLOAD_FLOPS_PER_NHV[args.workload]:g}*N*H*V"
+    print(f"# %mm: achieved TFLOP/s over the {floor} floor, as % of a {kind} matmul measured now: {ceiling_text}")
     print(json.dumps({"bench": "kernels", "workload": args.workload, "device": device.type, "machine": machine,
                       "matmul_tflops": {f"H{h}xV{v}": round(t, 4) for (h, v), t in ceilings.items()},
-                      "rows": results}))
+                      "rows": results, **({"paired_time_ratios": paired} if paired else {})}))
 
 
 if __name__ == "__main__":

@@ -194,7 +194,7 @@ class _FusedLinearPolicyLossFunction(torch.autograd.Function):
                 hidden[rows], weight, targets[rows], token_grads, temperature=cfg.temperature,
                 grad_weight=grad_weight, backend=backend,
             )
-            if need_hidden:  # else discarded: the chunk function always computes it (see the report)
+            if need_hidden:  # else discarded: _chunk_forward_backward has no switch to skip it (2NHV)
                 grad_hidden[rows] = chunk_grad_hidden
         if grad_weight is not None:
             grad_weight = grad_weight.to(weight.dtype)  # frees the fp32 accumulator for bf16/fp16 heads
