@@ -9,8 +9,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "countdown.h"
@@ -79,19 +82,29 @@ int64_t int_of(PyObject* obj, const Where& where) {
 
 // Appends the ints of one problem's numbers to `out`.
 void append_numbers(PyObject* seq, const Where& where, std::vector<int64_t>& out) {
-  if (PyUnicode_Check(seq) || PyBytes_Check(seq)) {
+  if (PyList_CheckExact(seq) || PyTuple_CheckExact(seq)) {
+    // Fast path: exact ints convert without running Python code, so the list cannot change under us.
+    const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject** items = PySequence_Fast_ITEMS(seq);
+    bool plain = true;
+    for (Py_ssize_t k = 0; k < n && plain; ++k) plain = PyLong_CheckExact(items[k]);
+    if (plain) {
+      for (Py_ssize_t k = 0; k < n; ++k) out.push_back(int_of(items[k], where.item(k)));
+      return;
+    }
+  }
+  if (PyUnicode_Check(seq) || PyBytes_Check(seq) || !PySequence_Check(seq)) {
     throw py::type_error(where.str() + " must be a sequence of ints, got " + type_name(seq));
   }
-  PyObject* fast_raw = PySequence_Fast(seq, "");
-  if (fast_raw == nullptr) {
+  // General path (numpy rows, generators of __index__ objects): our own tuple of the items first.
+  PyObject* tuple_raw = PySequence_Tuple(seq);
+  if (tuple_raw == nullptr) {
     PyErr_Clear();
     throw py::type_error(where.str() + " must be a sequence of ints, got " + type_name(seq));
   }
-  py::object fast = py::reinterpret_steal<py::object>(fast_raw);
-  const Py_ssize_t n = PySequence_Fast_GET_SIZE(fast_raw);
-  PyObject** items = PySequence_Fast_ITEMS(fast_raw);
-  for (Py_ssize_t k = 0; k < n; ++k) {
-    out.push_back(int_of(items[k], where.item(k)));
+  py::object tuple = py::reinterpret_steal<py::object>(tuple_raw);
+  for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(tuple_raw); ++k) {
+    out.push_back(int_of(PyTuple_GET_ITEM(tuple_raw, k), where.item(k)));
   }
 }
 
@@ -104,6 +117,66 @@ Verdict verify_text(const Text& text, const int64_t* numbers, size_t count, int6
     default:
       return countdown::verify(static_cast<const uint32_t*>(text.data), text.length, numbers, count, target);
   }
+}
+
+// One response to score: its text, its problem's numbers and target.
+struct Job {
+  Text text;
+  const int64_t* numbers;
+  size_t count;
+  int64_t target;
+};
+
+// All numbers of a batch, in blocks that never move: worker threads read earlier problems'
+// numbers while later ones are still being appended.
+class NumberArena {
+ public:
+  const int64_t* store(const std::vector<int64_t>& values) {
+    if (blocks_.empty() || used_ + values.size() > blocks_.back().second) {
+      const size_t capacity = std::max<size_t>(kBlockNumbers, values.size());
+      blocks_.emplace_back(std::unique_ptr<int64_t[]>(new int64_t[capacity]), capacity);
+      used_ = 0;
+    }
+    int64_t* out = blocks_.back().first.get() + used_;
+    std::copy(values.begin(), values.end(), out);
+    used_ += values.size();
+    return out;
+  }
+  void clear() {  // keeps the first block for the next batch
+    if (blocks_.size() > 1) blocks_.resize(1);
+    used_ = 0;
+  }
+
+ private:
+  static constexpr size_t kBlockNumbers = 1 << 15;
+  std::vector<std::pair<std::unique_ptr<int64_t[]>, size_t>> blocks_;
+  size_t used_ = 0;
+};
+
+// Memory of one score_batch call, kept between calls on the same thread: fresh multi-100-KB
+// buffers on every call cost page faults comparable to the scan itself.
+struct BatchScratch {
+  std::vector<Job> jobs;
+  std::vector<Verdict> verdicts;
+  std::vector<int64_t> problem;  // one problem's numbers while converting them
+  NumberArena numbers;
+
+  void reset(size_t n) {
+    jobs.resize(n);  // sized up front: workers read jobs while later ones are being filled in
+    verdicts.resize(n);
+    numbers.clear();
+  }
+  void trim() {  // keeps up to ~64k responses' worth
+    if (jobs.capacity() > (size_t(1) << 16)) *this = BatchScratch();
+  }
+};
+
+constexpr size_t kPrefetchAhead = 4;  // responses: hides the cache miss of jumping to the next str
+
+inline void prefetch_text(const Text& text) {
+  const char* data = static_cast<const char*>(text.data);
+  __builtin_prefetch(data);
+  __builtin_prefetch(data + 64);
 }
 
 double reward(Verdict verdict, double format_score, double correct_score) {
@@ -136,6 +209,64 @@ double score(py::handle response, py::handle numbers, py::handle target, double 
   return reward(verdict, format_score, correct_score);
 }
 
+// Threads that score jobs [0, n) in chunks, each chunk once the main thread has published it
+// (`ready`). They start before the arguments are all converted, so conversion (which needs the
+// GIL, one thread) overlaps with scoring (which does not). They only read str buffers we hold
+// references to (immutable) and plain C++ memory.
+class ScoringCrew {
+ public:
+  ScoringCrew(const std::vector<Job>& jobs, std::vector<Verdict>& verdicts, size_t threads)
+      : jobs_(jobs), verdicts_(verdicts), n_(jobs.size()) {
+    for (size_t t = 1; t < threads; ++t) pool_.emplace_back([this] { work(); });
+  }
+  ~ScoringCrew() {  // on an exception while converting: stop the helpers before memory goes away
+    aborted_.store(true);
+    join();
+  }
+  void publish(size_t ready) { ready_.store(ready, std::memory_order_release); }
+  // The calling thread joins in (GIL released by the caller) until every job is scored.
+  void finish() {
+    publish(n_);
+    work();
+    join();
+  }
+
+  static constexpr size_t kChunk = 64;  // small enough to balance uneven response lengths
+
+ private:
+  void work() {
+    for (size_t begin; (begin = next_.fetch_add(kChunk)) < n_;) {
+      const size_t end = std::min(n_, begin + kChunk);
+      for (int spins = 0; ready_.load(std::memory_order_acquire) < end; ++spins) {
+        if (aborted_.load()) return;
+        if (spins < 64) {
+          std::this_thread::yield();
+        } else {
+          std::this_thread::sleep_for(std::chrono::microseconds(20));
+        }
+      }
+      for (size_t i = begin; i < end; ++i) {
+        if (i + kPrefetchAhead < end) prefetch_text(jobs_[i + kPrefetchAhead].text);
+        const Job& job = jobs_[i];
+        verdicts_[i] = verify_text(job.text, job.numbers, job.count, job.target);
+      }
+    }
+  }
+  void join() {
+    for (std::thread& thread : pool_) {
+      if (thread.joinable()) thread.join();
+    }
+  }
+
+  const std::vector<Job>& jobs_;
+  std::vector<Verdict>& verdicts_;
+  const size_t n_;
+  std::atomic<size_t> next_{0};
+  std::atomic<size_t> ready_{0};
+  std::atomic<bool> aborted_{false};
+  std::vector<std::thread> pool_;
+};
+
 py::list score_batch(py::handle responses, py::handle numbers, py::handle targets, double format_score,
                      double correct_score, int num_threads) {
   if (num_threads < 1) throw py::value_error("num_threads must be >= 1, got " + std::to_string(num_threads));
@@ -148,38 +279,37 @@ py::list score_batch(py::handle responses, py::handle numbers, py::handle target
                           std::to_string(n) + ", " + std::to_string(number_items.size()) + " and " +
                           std::to_string(target_items.size()));
   }
-  std::vector<Text> texts(n);
-  std::vector<int64_t> flat_numbers;
-  std::vector<size_t> offsets(n + 1, 0);
-  std::vector<int64_t> goals(n);
-  flat_numbers.reserve(n * 4);
-  for (size_t i = 0; i < n; ++i) {
-    const auto k = static_cast<Py_ssize_t>(i);
-    texts[i] = text_of(PyTuple_GET_ITEM(response_items.ptr(), k), Where{"responses", k});
-    append_numbers(PyTuple_GET_ITEM(number_items.ptr(), k), Where{"numbers", k}, flat_numbers);
-    offsets[i + 1] = flat_numbers.size();
-    goals[i] = int_of(PyTuple_GET_ITEM(target_items.ptr(), k), Where{"targets", k});
-  }
+  // A nested call on this thread (from a user __index__ while converting) gets its own scratch.
+  thread_local BatchScratch cached;
+  thread_local bool cached_in_use = false;
+  BatchScratch nested;
+  const bool use_cached = !cached_in_use;
+  BatchScratch& scratch = use_cached ? cached : nested;
+  struct InUse {
+    bool active;
+    explicit InUse(bool a) : active(a) { if (active) cached_in_use = true; }
+    ~InUse() { if (active) cached_in_use = false; }
+  } in_use(use_cached);
+  scratch.reset(n);
 
-  std::vector<Verdict> verdicts(n);
+  const size_t chunks = (n + ScoringCrew::kChunk - 1) / ScoringCrew::kChunk;
   {
+    ScoringCrew crew(scratch.jobs, scratch.verdicts, std::min<size_t>(static_cast<size_t>(num_threads), chunks));
+    PyObject* const texts = response_items.ptr();
+    for (size_t i = 0; i < n; ++i) {
+      const auto k = static_cast<Py_ssize_t>(i);
+      if (i + kPrefetchAhead < n) __builtin_prefetch(PyTuple_GET_ITEM(texts, k + kPrefetchAhead));
+      Job& job = scratch.jobs[i];
+      job.text = text_of(PyTuple_GET_ITEM(texts, k), Where{"responses", k});
+      scratch.problem.clear();
+      append_numbers(PyTuple_GET_ITEM(number_items.ptr(), k), Where{"numbers", k}, scratch.problem);
+      job.numbers = scratch.numbers.store(scratch.problem);
+      job.count = scratch.problem.size();
+      job.target = int_of(PyTuple_GET_ITEM(target_items.ptr(), k), Where{"targets", k});
+      if ((i + 1) % ScoringCrew::kChunk == 0) crew.publish(i + 1);
+    }
     py::gil_scoped_release release;
-    constexpr size_t kChunk = 64;  // responses per work item: small enough to balance uneven lengths
-    std::atomic<size_t> next{0};
-    auto worker = [&]() {
-      for (size_t begin; (begin = next.fetch_add(kChunk)) < n;) {
-        const size_t end = std::min(n, begin + kChunk);
-        for (size_t i = begin; i < end; ++i) {
-          verdicts[i] = verify_text(texts[i], flat_numbers.data() + offsets[i],
-                                    offsets[i + 1] - offsets[i], goals[i]);
-        }
-      }
-    };
-    const size_t threads = std::min<size_t>(static_cast<size_t>(num_threads), (n + kChunk - 1) / kChunk);
-    std::vector<std::thread> pool;
-    for (size_t t = 1; t < threads; ++t) pool.emplace_back(worker);
-    worker();
-    for (std::thread& thread : pool) thread.join();
+    crew.finish();
   }
 
   // Only three distinct rewards exist: share three float objects instead of making n of them.
@@ -187,10 +317,11 @@ py::list score_batch(py::handle responses, py::handle numbers, py::handle target
                                  py::float_(correct_score)};
   py::list out(n);
   for (size_t i = 0; i < n; ++i) {
-    PyObject* value = rewards[static_cast<int>(verdicts[i])].ptr();
+    PyObject* value = rewards[static_cast<int>(scratch.verdicts[i])].ptr();
     Py_INCREF(value);
     PyList_SET_ITEM(out.ptr(), i, value);
   }
+  scratch.trim();
   return out;
 }
 

@@ -5,6 +5,9 @@
 
 #include <algorithm>
 #include <cstring>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 namespace countdown {
 namespace {
@@ -120,14 +123,18 @@ inline const CharT* find_lt(const CharT* p, const CharT* end) {
     const void* hit = std::memchr(p, '<', static_cast<size_t>(end - p));
     return hit ? static_cast<const CharT*>(hit) : end;
   } else {
-    // Blocks of 16 with a branch-free "any" test vectorize well; the tail is scalar.
-    constexpr size_t kBlock = 16;
-    while (static_cast<size_t>(end - p) >= kBlock) {
-      bool any = false;
-      for (size_t k = 0; k < kBlock; ++k) any |= (p[k] == CharT('<'));
-      if (any) break;
-      p += kBlock;
+#if defined(__SSE2__)
+    // 16 bytes per step: 8 UCS-2 or 4 UCS-4 code units compared at once (memchr's trick, wider units).
+    constexpr size_t kPerStep = 16 / sizeof(CharT);
+    const __m128i lt = sizeof(CharT) == 2 ? _mm_set1_epi16('<') : _mm_set1_epi32('<');
+    while (static_cast<size_t>(end - p) >= kPerStep) {
+      const __m128i block = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+      const __m128i eq = sizeof(CharT) == 2 ? _mm_cmpeq_epi16(block, lt) : _mm_cmpeq_epi32(block, lt);
+      const int bits = _mm_movemask_epi8(eq);
+      if (bits != 0) return p + __builtin_ctz(bits) / sizeof(CharT);
+      p += kPerStep;
     }
+#endif
     while (p < end && *p != CharT('<')) ++p;
     return p;
   }
@@ -156,11 +163,15 @@ inline bool is_strip_space(uint32_t c) { return c == ' ' || c == '\t' || c == '\
 // ---------------------------------------------------------------------------------------------
 
 constexpr size_t kMaxLiterals = kMaxAnswerChars / 2 + 1;  // "1+1+...+1" packs the most literals
+constexpr size_t kSmallPool = 16;  // up to this many numbers, literals are matched as they appear
 
 class ExpressionParser {
  public:
-  ExpressionParser(const char* s, size_t n, size_t max_literals)
-      : s_(s), n_(n), max_literals_(std::min(max_literals, kMaxLiterals)) {}
+  // `numbers` are the problem's numbers; each literal must take one of them.
+  ExpressionParser(const char* s, size_t n, const int64_t* numbers, size_t count)
+      : s_(s), n_(n), count_(count), match_as_we_go_(count <= kSmallPool) {
+    if (match_as_we_go_) std::copy(numbers, numbers + count, unused_);
+  }
 
   // Parses and evaluates the whole input; false when it is not one valid expression.
   bool parse(Rational& value) {
@@ -168,8 +179,16 @@ class ExpressionParser {
     skip_space();
     return i_ == n_;
   }
-  const int64_t* literals() const { return literals_; }
-  size_t literal_count() const { return literal_count_; }
+  // Whether the literals seen are exactly the numbers given, as multisets.
+  bool used_all_numbers(const int64_t* numbers) {
+    if (literal_count_ != count_) return false;
+    if (match_as_we_go_) return true;  // each literal already took a distinct number
+    int64_t given[kMaxLiterals];  // count_ == literal_count_ <= kMaxLiterals
+    std::copy(numbers, numbers + count_, given);
+    std::sort(given, given + count_);
+    std::sort(literals_, literals_ + count_);
+    return std::equal(literals_, literals_ + count_, given);
+  }
 
  private:
   void skip_space() {
@@ -218,19 +237,37 @@ class ExpressionParser {
     if (digits > 19) return false;  // >= 10^19 > 2^62; 19 digits still fit in uint64 below
     uint64_t v = 0;
     for (size_t k = start; k < i_; ++k) v = v * 10 + static_cast<uint64_t>(s_[k] - '0');
-    if (v >= static_cast<uint64_t>(kValueLimit) || literal_count_ == max_literals_) return false;
-    literals_[literal_count_++] = static_cast<int64_t>(v);
+    if (v >= static_cast<uint64_t>(kValueLimit) || !take_number(static_cast<int64_t>(v))) return false;
     value = {static_cast<int64_t>(v), 1};
     return true;
+  }
+
+  bool take_number(int64_t v) {
+    if (literal_count_ == std::min(count_, kMaxLiterals)) return false;  // more literals than numbers
+    ++literal_count_;
+    if (!match_as_we_go_) {
+      literals_[literal_count_ - 1] = v;
+      return true;
+    }
+    const size_t left = count_ - (literal_count_ - 1);
+    for (size_t k = 0; k < left; ++k) {
+      if (unused_[k] == v) {
+        unused_[k] = unused_[left - 1];
+        return true;
+      }
+    }
+    return false;  // not one of the numbers, or already used up
   }
 
   const char* s_;
   size_t n_;
   size_t i_ = 0;
   int depth_ = 0;
-  size_t max_literals_;
+  size_t count_;
+  bool match_as_we_go_;
   size_t literal_count_ = 0;
-  int64_t literals_[kMaxLiterals];
+  int64_t unused_[kSmallPool];     // small pools: numbers no literal has taken yet
+  int64_t literals_[kMaxLiterals];  // big pools: literals, compared sorted at the end
 };
 
 }  // namespace
@@ -238,17 +275,9 @@ class ExpressionParser {
 Verdict verify_expression(const char* expr, size_t length, const int64_t* numbers, size_t count,
                           int64_t target) {
   if (length > kMaxAnswerChars) return Verdict::kInvalid;
-  ExpressionParser parser(expr, length, count);
+  ExpressionParser parser(expr, length, numbers, count);
   Rational value;
-  if (length == 0 || !parser.parse(value) || parser.literal_count() != count) return Verdict::kInvalid;
-  // Multiset equality; count <= kMaxLiterals here, so the copies fit on the stack.
-  int64_t used[kMaxLiterals];
-  int64_t given[kMaxLiterals];
-  std::copy(parser.literals(), parser.literals() + count, used);
-  std::copy(numbers, numbers + count, given);
-  std::sort(used, used + count);
-  std::sort(given, given + count);
-  if (!std::equal(used, used + count, given)) return Verdict::kInvalid;
+  if (length == 0 || !parser.parse(value) || !parser.used_all_numbers(numbers)) return Verdict::kInvalid;
   return (value.den == 1 && value.num == target) ? Verdict::kCorrect : Verdict::kWrong;
 }
 

@@ -75,6 +75,10 @@ CASES = [
     ("number_not_given", answer("7+12"), [7, 13], 19, 0.1),
     ("duplicate_numbers", answer("7+7+5"), [7, 7, 5], 19, 1.0),
     ("no_numbers", answer("19"), [], 19, 0.1),
+    ("twenty_numbers", answer("+".join(["1"] * 19 + ["2"])), [1] * 19 + [2], 21, 1.0),
+    ("twenty_numbers_one_wrong", answer("+".join(["1"] * 20)), [1] * 19 + [2], 20, 0.1),
+    ("512_numbers", answer("+".join(["1"] * 512)), [1] * 512, 512, 1.0),
+    ("513_numbers_too_long", answer("+".join(["1"] * 513)), [1] * 513, 513, 0.1),
     ("single_number", answer("19"), [19], 19, 1.0),
     ("exact_fractions", answer("(1+1/3)*3"), [1, 1, 3, 3], 4, 1.0),
     ("fraction_result", answer("7/2"), [7, 2], 3, 0.1),
@@ -204,6 +208,29 @@ def test_batch_rejects_bad_arguments(monkeypatch, use_extension, responses, numb
         monkeypatch.setattr(verifier, "_warned", True)
     with pytest.raises(error, match=message):
         score_batch(responses, numbers, targets)
+
+
+@pytest.mark.parametrize("num_threads", [1, 4])
+def test_late_bad_item_stops_a_big_batch_cleanly(num_threads):
+    # Scoring threads start while arguments are still being converted; an error late in the batch
+    # must stop them and raise, and the next call must work normally.
+    responses, numbers, targets = mixed_batch(5000)
+    with pytest.raises(TypeError, match=r"targets\[4999\] must be an int"):
+        score_batch(responses, numbers, targets[:-1] + [None], num_threads=num_threads)
+    expected = [reference_score(r, n, t) for r, n, t in zip(responses, numbers, targets)]
+    assert score_batch(responses, numbers, targets, num_threads=num_threads) == expected
+
+
+def test_reentrant_call_from_index():
+    class Sneaky:  # an int-like whose __index__ scores another batch in the middle of this one
+        def __index__(self):
+            inner = score_batch([answer("3*4")] * 100, [[3, 4]] * 100, [12] * 100, num_threads=2)
+            assert inner == [1.0] * 100
+            return 12
+
+    responses, numbers, targets = mixed_batch(300)
+    out = score_batch(responses + [answer("7+12")], numbers + [[7, Sneaky()]], targets + [19], num_threads=2)
+    assert out == [reference_score(r, n, t) for r, n, t in zip(responses, numbers, targets)] + [1.0]
 
 
 @pytest.mark.parametrize("value, error", [(0, ValueError), (-1, ValueError), (1.5, TypeError),
