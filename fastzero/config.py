@@ -42,7 +42,7 @@ class ModelConfig:
 class DataConfig:
     train_path: str | None = opt(None, "training problems (.parquet/.jsonl, ours or TinyZero's); none = generate")
     test_path: str | None = opt(None, "held-out problems for evaluation; none = generate")
-    num_train: int = opt(20000, "problems to generate when train_path is not given")
+    num_train: int = opt(10000, "problems to generate when train_path is not given")
     num_test: int = opt(500, "held-out problems (generated, or the first N loaded); disjoint from train")
     min_numbers: int = opt(3, "fewest numbers in a generated problem")
     max_numbers: int = opt(3, "most numbers in a generated problem (<= 6)")

@@ -35,7 +35,10 @@ class TaskData:
             loaded = _load(cfg.train_path, cfg.skip_bad_rows, log)
             self.train = [p for p in loaded if _key(p) not in held_out]
         else:
-            self.train = generate_problems(cfg.num_train, seed=cfg.data_seed + 1, exclude=held_out, **ranges)
+            try:
+                self.train = generate_problems(cfg.num_train, seed=cfg.data_seed + 1, exclude=held_out, **ranges)
+            except RuntimeError as err:  # the ranges hold fewer distinct solvable problems than asked
+                raise ValueError(f"--num-train {cfg.num_train}: {err}") from None
         if not self.train:
             raise ValueError("no training problems left (after removing the held-out ones)")
         self._prompt_cache: dict[Problem, list[int]] = {}
