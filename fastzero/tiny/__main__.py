@@ -1,0 +1,171 @@
+"""`python -m fastzero.tiny build --out fastzero/assets/tiny-countdown`: rebuild the embedded model.
+
+Steps, each printed: draw the held-out eval set, build the synthetic corpus without it, train the
+tokenizer on the corpus, pretrain a Qwen2 model for a fixed number of steps, measure its greedy
+accuracy on the eval set, and write the HF folder (atomically) with recipe.json and BUILD.md.
+Same seed and arguments give the same corpus, tokenizer and initial weights; the trained weights
+match up to float reduction order (thread count), so rebuilt accuracy can differ by a point or so.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from dataclasses import asdict
+
+import torch
+
+from fastzero.tiny.corpus import ProblemRanges, build_documents
+from fastzero.tiny.pretrain import ModelShape, PretrainConfig, encode_documents, make_model, pretrain, save_checkpoint
+from fastzero.tiny.tokenizer import EOS, PAD, train_tokenizer
+
+DEFAULTS = PretrainConfig()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m fastzero.tiny", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="rebuild the tiny Countdown checkpoint")
+    build.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    build.add_argument("--seed", type=int, default=0, help="corpus, init and batch-order seed")
+    build.add_argument("--steps", type=int, default=DEFAULTS.steps, help="pretraining steps")
+    build.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
+    build.add_argument("--lr", type=float, default=DEFAULTS.lr)
+    build.add_argument("--docs", type=int, default=200_000, help="corpus documents")
+    build.add_argument("--correct-fraction", type=float, default=0.2,
+                       help="share of documents with a correct answer (the rest are random expressions)")
+    build.add_argument("--hidden-size", type=int, default=ModelShape.hidden_size)
+    build.add_argument("--layers", type=int, default=ModelShape.num_hidden_layers)
+    build.add_argument("--heads", type=int, default=ModelShape.num_attention_heads)
+    build.add_argument("--intermediate-size", type=int, default=ModelShape.intermediate_size)
+    build.add_argument("--min-value", type=int, default=ProblemRanges.min_value)
+    build.add_argument("--max-value", type=int, default=ProblemRanges.max_value)
+    build.add_argument("--min-target", type=int, default=ProblemRanges.min_target)
+    build.add_argument("--max-target", type=int, default=ProblemRanges.max_target)
+    build.add_argument("--eval-size", type=int, default=500, help="held-out problems")
+    build.add_argument("--eval-seed", type=int, default=1000, help="seed of the held-out problems")
+    build.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.batch_size < 1 or args.docs < 1 or args.eval_size < 1:
+        parser.error("--steps, --batch-size, --docs and --eval-size must be >= 1")
+    if args.heads < 1 or args.hidden_size % args.heads:
+        parser.error(f"--hidden-size ({args.hidden_size}) must be a multiple of --heads ({args.heads})")
+    return args
+
+
+def eval_problems(ranges: ProblemRanges, n: int, seed: int):
+    """The held-out set: the trainer's tiny preset must use this same call."""
+    from fastzero.tasks.countdown.problems import generate_problems
+
+    return generate_problems(n, seed=seed, min_numbers=3, max_numbers=3, min_value=ranges.min_value,
+                             max_value=ranges.max_value, min_target=ranges.min_target,
+                             max_target=ranges.max_target)
+
+
+@torch.no_grad()
+def greedy_accuracy(model, tokenizer, problems, *, max_new_tokens: int = 16, batch_size: int = 250) -> float:
+    """Share of problems whose greedy answer scores 1.0 with the project's verifier."""
+    from fastzero.tasks.countdown.prompts import render_prompt
+    from fastzero.tasks.countdown.verifier import score_batch
+
+    eos_id, pad_id = tokenizer.token_to_id(EOS), tokenizer.token_to_id(PAD)
+    responses = []
+    for start in range(0, len(problems), batch_size):
+        chunk = problems[start: start + batch_size]
+        # Every compact prompt is 8 tokens, so the batch needs no padding or attention mask.
+        prompts = torch.tensor([tokenizer.encode(render_prompt("compact", p.numbers, p.target)).ids for p in chunk])
+        out = model.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=max_new_tokens,
+                             do_sample=False, eos_token_id=eos_id, pad_token_id=pad_id)
+        for row in out[:, prompts.shape[1]:].tolist():
+            ids = row[: row.index(eos_id)] if eos_id in row else row
+            responses.append(tokenizer.decode([i for i in ids if i != pad_id], skip_special_tokens=False))
+    scores = score_batch(responses, [p.numbers for p in problems], [p.target for p in problems])
+    return sum(s == 1.0 for s in scores) / len(problems)
+
+
+def build(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    ranges = ProblemRanges(args.min_value, args.max_value, args.min_target, args.max_target)
+    started = time.time()
+    held_out = eval_problems(ranges, args.eval_size, args.eval_seed)
+    print(f"[1/5] held-out set: {len(held_out)} problems, seed {args.eval_seed}, {ranges}")
+    documents = build_documents(args.docs, seed=args.seed, ranges=ranges, correct_fraction=args.correct_fraction,
+                                excluded=[(p.numbers, p.target) for p in held_out])
+    print(f"[2/5] corpus: {len(documents)} documents, {args.correct_fraction:.0%} correct, e.g. "
+          f"{documents[0][0]}{documents[0][1]}")
+    tokenizer = train_tokenizer((prompt + answer for prompt, answer in documents),
+                                max_integer=max(ranges.max_value, ranges.max_target))
+    ids, mask = encode_documents(tokenizer, documents)
+    print(f"[3/5] tokenizer: {tokenizer.get_vocab_size()} tokens; rows {tuple(ids.shape)}")
+    torch.manual_seed(args.seed)
+    shape = ModelShape(hidden_size=args.hidden_size, num_hidden_layers=args.layers,
+                       num_attention_heads=args.heads, num_key_value_heads=args.heads,
+                       intermediate_size=args.intermediate_size)
+    model = make_model(tokenizer.get_vocab_size(), shape, pad_id=tokenizer.token_to_id(PAD),
+                       eos_id=tokenizer.token_to_id(EOS))
+    n_params = sum(p.numel() for p in model.parameters())
+    cfg = PretrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    print(f"[4/5] pretraining {n_params:,} parameters for {cfg.steps} steps of {cfg.batch_size} rows")
+    history = pretrain(model, ids, mask, cfg)
+    accuracy = greedy_accuracy(model, tokenizer, held_out)
+    print(f"[5/5] base greedy accuracy on the held-out set: {accuracy:.1%}")
+    recipe = {
+        "problems": {**asdict(ranges), "numbers_per_problem": 3, "prompt_template": "compact"},
+        "held_out": {"call": "fastzero.tasks.countdown.problems.generate_problems", "n": args.eval_size,
+                     "seed": args.eval_seed, "min_numbers": 3, "max_numbers": 3, **asdict(ranges)},
+        "corpus": {"documents": args.docs, "correct_fraction": args.correct_fraction, "seed": args.seed,
+                   "excludes_held_out": True},
+        "tokenizer": {"type": "WordLevel", "vocab_size": tokenizer.get_vocab_size(), "pad": PAD, "eos": EOS},
+        "model": {"architecture": "Qwen2ForCausalLM", "parameters": n_params, **asdict(shape)},
+        "pretrain": {**asdict(cfg), "loss_history": history, "seconds": round(time.time() - started, 1),
+                     "threads": args.threads},
+        "base_greedy_accuracy": accuracy,
+        "command": command_line(args),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    save_checkpoint(model, tokenizer, args.out, recipe, build_notes(recipe))
+    print(f"wrote {args.out} in {time.time() - started:.0f}s")
+    return recipe
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The full build command with every setting spelled out, so defaults may change safely."""
+    options = {k: v for k, v in vars(args).items() if k != "command"}
+    return "python -m fastzero.tiny build " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in options.items())
+
+
+def build_notes(recipe: dict) -> str:
+    p, c, m, t = recipe["problems"], recipe["corpus"], recipe["model"], recipe["pretrain"]
+    h = recipe["held_out"]
+    return f"""# tiny-countdown
+
+A {m['parameters']:,}-parameter Qwen2 ({m['hidden_size']} hidden, {m['num_hidden_layers']} layers, \
+{m['num_attention_heads']} heads, tied embeddings) that answers compact Countdown prompts:
+`3 7 12=19:` -> `<answer>7+12</answer><|endoftext|>`. Made by this project from synthetic data only.
+
+- Problems: 3 numbers in {p['min_value']}..{p['max_value']}, targets {p['min_target']}..{p['max_target']}.
+- Held-out set: `generate_problems({h['n']}, seed={h['seed']}, min_numbers=3, max_numbers=3, \
+min_value={h['min_value']}, max_value={h['max_value']}, min_target={h['min_target']}, max_target={h['max_target']})`;
+  excluded from the corpus by key (sorted numbers, target).
+- Corpus: {c['documents']:,} documents, {c['correct_fraction']:.0%} a correct solution (uniform over all
+  solutions), the rest a random well-formed expression over the numbers (seed {c['seed']}).
+- Tokenizer: WordLevel trained on the corpus; whole integers, tags and single characters are tokens
+  ({recipe['tokenizer']['vocab_size']} tokens). Load with `AutoTokenizer.from_pretrained(dir)`.
+- Pretraining: {t['steps']} steps x {t['batch_size']} rows, AdamW lr {t['lr']} (warmup, cosine), loss on the
+  answer only; {t['seconds']}s on {t['threads']} CPU threads.
+- Base greedy accuracy on the held-out set: {recipe['base_greedy_accuracy']:.1%}.
+
+Rebuild: `{recipe['command']}` (fastzero/tiny/). See recipe.json for every setting.
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.command == "build":
+        build(args)
+
+
+if __name__ == "__main__":
+    main()

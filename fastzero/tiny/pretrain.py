@@ -1,0 +1,169 @@
+"""Pretrain the tiny Qwen2 Countdown model on the synthetic corpus and save it as an HF folder.
+
+Kept: a stock `Qwen2ForCausalLM` (tied embeddings), AdamW with warmup + cosine decay, a loss on the
+answer tokens only (the prompt numbers are random: predicting them teaches nothing), fixed-length rows
+(every prompt is 8 tokens and answers are short, so padding wastes little and needs no packing), a
+fixed number of steps so a rebuild with the same seed does the same work on any machine.
+Dropped: packing, gradient accumulation, mixed precision, checkpoint resume (a build is minutes).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from tokenizers import Tokenizer
+
+from fastzero.tiny.tokenizer import EOS, PAD, save_hf_tokenizer
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    hidden_size: int = 128
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 4
+    intermediate_size: int = 512
+    max_position_embeddings: int = 64  # prompt 8 + answer <= ~16 tokens; room for longer formats
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    steps: int = 1000
+    batch_size: int = 128  # rows per step
+    lr: float = 2e-3  # peak; a 1M-parameter model tolerates a high rate
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1  # cosine decays to lr * this
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 0
+
+
+def make_model(vocab_size: int, shape: ModelShape, *, pad_id: int, eos_id: int):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=shape.hidden_size,
+        num_hidden_layers=shape.num_hidden_layers,
+        num_attention_heads=shape.num_attention_heads,
+        num_key_value_heads=shape.num_key_value_heads,
+        intermediate_size=shape.intermediate_size,
+        max_position_embeddings=shape.max_position_embeddings,
+        tie_word_embeddings=True,
+        pad_token_id=pad_id,
+        eos_token_id=eos_id,
+        bos_token_id=None,
+        use_cache=True,
+    )
+    return Qwen2ForCausalLM(config)
+
+
+def encode_documents(tokenizer: Tokenizer, documents: Sequence[tuple[str, str]]):
+    """(input_ids [N, L], loss_mask [N, L]): prompt + answer + EOS, right-padded with <pad>.
+
+    loss_mask[i, t] says whether token t+1 (an answer token or the EOS) is a training target.
+    """
+    pad_id, eos_id = tokenizer.token_to_id(PAD), tokenizer.token_to_id(EOS)
+    rows, masks = [], []
+    for prompt, answer in documents:
+        prompt_ids = tokenizer.encode(prompt).ids
+        answer_ids = tokenizer.encode(answer).ids + [eos_id]
+        rows.append(prompt_ids + answer_ids)
+        masks.append([0] * (len(prompt_ids) - 1) + [1] * len(answer_ids))
+    length = max(len(r) for r in rows)
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.bool)
+    for i, (row, m) in enumerate(zip(rows, masks)):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(m)] = torch.tensor(m, dtype=torch.bool)
+    return ids, mask
+
+
+def answer_loss(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    logits = model(input_ids=ids).logits[:, :-1].float()
+    targets = ids[:, 1:]
+    m = mask[:, :-1]
+    return torch.nn.functional.cross_entropy(logits[m], targets[m])
+
+
+def pretrain(model, ids: torch.Tensor, mask: torch.Tensor, cfg: PretrainConfig,
+             log: Callable[[str], None] = print) -> list[dict]:
+    """Train in place for cfg.steps steps over shuffled epochs of the rows; returns a loss history."""
+    generator = torch.Generator().manual_seed(cfg.seed)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.95),
+    )
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    model.train()
+    order = torch.randperm(len(ids), generator=generator)
+    cursor, history, start, running = 0, [], time.time(), None
+    for step in range(cfg.steps):
+        if cursor + cfg.batch_size > len(order):
+            order, cursor = torch.randperm(len(ids), generator=generator), 0
+        rows = order[cursor: cursor + cfg.batch_size]
+        cursor += cfg.batch_size
+        batch_mask = mask[rows]
+        length = int(batch_mask.any(0).nonzero().max()) + 2  # trim trailing all-pad columns
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step)
+        loss = answer_loss(model, ids[rows, :length], batch_mask[:, :length])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+        if step % 100 == 0 or step == cfg.steps - 1:
+            history.append({"step": step, "loss": round(running, 4), "seconds": round(time.time() - start, 1)})
+            log(f"step {step:5d}/{cfg.steps}  loss {running:.4f}  lr {lr_at(step):.2e}  {time.time() - start:6.1f}s")
+    model.eval()
+    return history
+
+
+def save_checkpoint(model, tokenizer: Tokenizer, out_dir: str | os.PathLike, recipe: dict,
+                    build_notes: str) -> None:
+    """Write the whole HF folder into a temp dir beside `out_dir`, then swap it in."""
+    from transformers import GenerationConfig
+
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=out.name + ".tmp-"))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        pad_id, eos_id = tokenizer.token_to_id(PAD), tokenizer.token_to_id(EOS)
+        GenerationConfig(pad_token_id=pad_id, eos_token_id=eos_id, bos_token_id=None, do_sample=False,
+                         max_new_tokens=16).save_pretrained(tmp)
+        save_hf_tokenizer(tokenizer, tmp, model_max_length=model.config.max_position_embeddings)
+        (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
+        (tmp / "BUILD.md").write_text(build_notes)
+        if out.exists():
+            old = out.with_name(out.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def shape_dict(shape: ModelShape) -> dict:
+    return asdict(shape)
