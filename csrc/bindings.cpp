@@ -9,8 +9,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <unistd.h>
+
 #include <chrono>
+#include <condition_variable>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <utility>
@@ -209,26 +214,91 @@ double score(py::handle response, py::handle numbers, py::handle target, double 
   return reward(verdict, format_score, correct_score);
 }
 
-// Threads that score jobs [0, n) in chunks, each chunk once the main thread has published it
-// (`ready`). They start before the arguments are all converted, so conversion (which needs the
-// GIL, one thread) overlaps with scoring (which does not). They only read str buffers we hold
-// references to (immutable) and plain C++ memory.
+// Helper threads started once per process and kept: starting threads on every call costs tens of
+// microseconds each (as much as scoring a thousand responses), and on a busy machine a fresh
+// thread may not run for milliseconds. A caller never waits for a helper that has not started
+// working: it does the work itself, then waits only for helpers already inside the task.
+class HelperPool {
+ public:
+  static HelperPool& instance() {
+    static HelperPool* pool = new HelperPool();  // never destroyed: no joins at interpreter exit
+    if (pool->pid_ != getpid()) pool = new HelperPool();  // forked child: the threads are gone
+    return *pool;
+  }
+
+  // Offers `task` to up to `helpers` threads; false when another call is using the pool (the
+  // caller then simply does all the work itself).
+  bool offer(const std::function<void()>* task, size_t helpers) {
+    bool expected = false;
+    if (helpers == 0 || !busy_.compare_exchange_strong(expected, true)) return false;
+    std::lock_guard<std::mutex> lock(mutex_);
+    while (threads_started_ < helpers) {
+      std::thread([this] { loop(); }).detach();
+      ++threads_started_;
+    }
+    task_ = task;
+    seats_ = helpers;
+    wake_.notify_all();
+    return true;
+  }
+
+  // Withdraws the task and waits for the helpers inside it to leave; call after a successful offer.
+  void withdraw() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    task_ = nullptr;
+    seats_ = 0;
+    left_.wait(lock, [this] { return inside_ == 0; });
+    busy_.store(false);
+  }
+
+ private:
+  HelperPool() : pid_(getpid()) {}
+
+  void loop() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+      wake_.wait(lock, [this] { return task_ != nullptr && seats_ > 0; });
+      --seats_;
+      ++inside_;
+      const std::function<void()>* task = task_;
+      lock.unlock();
+      (*task)();
+      lock.lock();
+      if (--inside_ == 0) left_.notify_all();
+    }
+  }
+
+  const pid_t pid_;
+  std::atomic<bool> busy_{false};  // set by the one call currently using the pool (may re-enter)
+  std::mutex mutex_;  // guards everything below
+  std::condition_variable wake_, left_;
+  const std::function<void()>* task_ = nullptr;
+  size_t seats_ = 0;  // helpers that may still join the current task
+  size_t inside_ = 0;
+  size_t threads_started_ = 0;
+};
+
+// Scores jobs [0, n) in chunks on the calling thread plus pool helpers, each chunk once the
+// calling thread has published it (`ready`). Helpers start before the arguments are all
+// converted, so conversion (which needs the GIL, one thread) overlaps with scoring (which does
+// not): they read only str buffers we hold references to (immutable) and plain C++ memory.
 class ScoringCrew {
  public:
   ScoringCrew(const std::vector<Job>& jobs, std::vector<Verdict>& verdicts, size_t threads)
-      : jobs_(jobs), verdicts_(verdicts), n_(jobs.size()) {
-    for (size_t t = 1; t < threads; ++t) pool_.emplace_back([this] { work(); });
+      : jobs_(jobs), verdicts_(verdicts), n_(jobs.size()), task_([this] { work(); }) {
+    offered_ = threads > 1 && HelperPool::instance().offer(&task_, threads - 1);
   }
-  ~ScoringCrew() {  // on an exception while converting: stop the helpers before memory goes away
+  ~ScoringCrew() {  // also on an exception while converting: helpers stop before memory goes away
     aborted_.store(true);
-    join();
+    if (offered_) HelperPool::instance().withdraw();
   }
   void publish(size_t ready) { ready_.store(ready, std::memory_order_release); }
-  // The calling thread joins in (GIL released by the caller) until every job is scored.
+  // The calling thread works too (GIL released by the caller), then waits for helpers' last chunks.
   void finish() {
     publish(n_);
     work();
-    join();
+    if (offered_) HelperPool::instance().withdraw();
+    offered_ = false;
   }
 
   static constexpr size_t kChunk = 64;  // small enough to balance uneven response lengths
@@ -252,11 +322,6 @@ class ScoringCrew {
       }
     }
   }
-  void join() {
-    for (std::thread& thread : pool_) {
-      if (thread.joinable()) thread.join();
-    }
-  }
 
   const std::vector<Job>& jobs_;
   std::vector<Verdict>& verdicts_;
@@ -264,7 +329,8 @@ class ScoringCrew {
   std::atomic<size_t> next_{0};
   std::atomic<size_t> ready_{0};
   std::atomic<bool> aborted_{false};
-  std::vector<std::thread> pool_;
+  const std::function<void()> task_;
+  bool offered_ = false;
 };
 
 py::list score_batch(py::handle responses, py::handle numbers, py::handle targets, double format_score,
