@@ -47,6 +47,7 @@ caller passes the response only.
 """
 from __future__ import annotations
 
+import operator
 import os
 import warnings
 from typing import Sequence
@@ -100,12 +101,7 @@ def score_batch(responses: Sequence[str], numbers: Sequence[Sequence[int]], targ
                 format_score: float = 0.1, correct_score: float = 1.0,
                 num_threads: int | None = None) -> list[float]:
     """Rewards of many responses in one C++ call (GIL released); num_threads=None uses all cores."""
-    if num_threads is None:
-        num_threads = default_threads()
-    elif isinstance(num_threads, bool) or not isinstance(num_threads, int):
-        raise TypeError(f"num_threads must be an int or None, got {type(num_threads).__name__}")
-    elif num_threads < 1:
-        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    num_threads = _thread_count(num_threads)
     if _countdown is None:
         _warn_fallback()
         return _reference_batch(responses, numbers, targets, format_score, correct_score)
@@ -122,6 +118,20 @@ def solve(numbers: Sequence[int], target: int) -> str | None:
         _warn_fallback()
         return reference.reference_solve(numbers, target)
     return _countdown.solve(numbers, target)
+
+
+def _thread_count(num_threads) -> int:
+    if num_threads is None:
+        return default_threads()
+    if isinstance(num_threads, bool):
+        raise TypeError("num_threads must be an int or None, got bool")
+    try:
+        count = operator.index(num_threads)  # ints and numpy integers
+    except TypeError:
+        raise TypeError(f"num_threads must be an int or None, got {type(num_threads).__name__}") from None
+    if count < 1:
+        raise ValueError(f"num_threads must be >= 1, got {count}")
+    return min(count, 1024)  # more threads than this only costs memory
 
 
 def _reference_batch(responses, numbers, targets, format_score, correct_score) -> list[float]:
