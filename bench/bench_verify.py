@@ -15,7 +15,7 @@ Candidates (samples/s; x eval = throughput over the eval-based scorer's on the s
 - `tinyzero_eval_score`: THE UNSAFE BASELINE, our rewrite of TinyZero's published algorithm (last
   <answer> by regex, numbers via re.findall(r"\\d+"), character whitelist, `eval`, |x - t| < 1e-5).
 Every timed run gets freshly built str objects (CPython caches a str's UTF-8 form). Best of
---repeats runs (twice as many for the cheap C++ candidates): on a shared box the best run is the
+--repeats runs (three times as many for the cheap C++ candidates): on a shared box the best run is the
 least disturbed one; the load average is printed. Also: solve() on six numbers, solvable and
 unsolvable. Ends with one JSON line.
 """
@@ -178,7 +178,7 @@ def bench_corpus(label, responses, numbers, targets, threads, repeats, rows, slo
     for name, used_threads, batch, count, fn in candidates:
         fast = "score" in name and "reference" not in name  # C++: cheap, so more runs filter noise
         seconds, scores = (eval_time, eval_scores) if "eval" in name else best_time(
-            fn, responses, 1 if "reference" in name else 2 * repeats if fast else repeats)
+            fn, responses, 1 if "reference" in name else 3 * repeats if fast else repeats)
         rate = count / seconds
         if "reference" not in name and "eval" not in name:
             results.setdefault("scores", scores)
@@ -236,7 +236,7 @@ def main():
 
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, all-threads = "
           f"{threads}; n = {args.n} per corpus (reference_score on the first {args.reference_n}); "
-          f"best of {args.repeats} ({2 * args.repeats} for C++); load average "
+          f"best of {args.repeats} ({3 * args.repeats} for C++); load average "
           f"{summary['load_average_before']} before, {summary['load_average_after']} after")
     for label in ("ascii", "non-ascii"):
         s = summary[label]

@@ -85,8 +85,9 @@ int64_t int_of(PyObject* obj, const Where& where) {
   return value;
 }
 
-// Appends the ints of one problem's numbers to `out`.
-void append_numbers(PyObject* seq, const Where& where, std::vector<int64_t>& out) {
+// Converts one problem's numbers into the int64_t array that `allocate(count)` returns; returns count.
+template <typename Allocate>
+size_t convert_numbers(PyObject* seq, const Where& where, Allocate&& allocate) {
   if (PyList_CheckExact(seq) || PyTuple_CheckExact(seq)) {
     // Fast path: exact ints convert without running Python code, so the list cannot change under us.
     const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
@@ -94,23 +95,35 @@ void append_numbers(PyObject* seq, const Where& where, std::vector<int64_t>& out
     bool plain = true;
     for (Py_ssize_t k = 0; k < n && plain; ++k) plain = PyLong_CheckExact(items[k]);
     if (plain) {
-      for (Py_ssize_t k = 0; k < n; ++k) out.push_back(int_of(items[k], where.item(k)));
-      return;
+      int64_t* out = allocate(static_cast<size_t>(n));
+      for (Py_ssize_t k = 0; k < n; ++k) out[k] = int_of(items[k], where.item(k));
+      return static_cast<size_t>(n);
     }
   }
   if (PyUnicode_Check(seq) || PyBytes_Check(seq) || !PySequence_Check(seq)) {
     throw py::type_error(where.str() + " must be a sequence of ints, got " + type_name(seq));
   }
-  // General path (numpy rows, generators of __index__ objects): our own tuple of the items first.
+  // General path (numpy rows, objects with __index__): our own tuple of the items first.
   PyObject* tuple_raw = PySequence_Tuple(seq);
   if (tuple_raw == nullptr) {
     PyErr_Clear();
     throw py::type_error(where.str() + " must be a sequence of ints, got " + type_name(seq));
   }
   py::object tuple = py::reinterpret_steal<py::object>(tuple_raw);
-  for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(tuple_raw); ++k) {
-    out.push_back(int_of(PyTuple_GET_ITEM(tuple_raw, k), where.item(k)));
-  }
+  const Py_ssize_t n = PyTuple_GET_SIZE(tuple_raw);
+  std::vector<int64_t> values(static_cast<size_t>(n));  // __index__ may re-enter: fill a private copy
+  for (Py_ssize_t k = 0; k < n; ++k) values[k] = int_of(PyTuple_GET_ITEM(tuple_raw, k), where.item(k));
+  std::copy(values.begin(), values.end(), allocate(values.size()));
+  return values.size();
+}
+
+std::vector<int64_t> numbers_of(PyObject* seq, const Where& where) {
+  std::vector<int64_t> values;
+  convert_numbers(seq, where, [&](size_t count) {
+    values.resize(count);
+    return values.data();
+  });
+  return values;
 }
 
 Verdict verify_text(const Text& text, const int64_t* numbers, size_t count, int64_t target) {
@@ -136,15 +149,14 @@ struct Job {
 // numbers while later ones are still being appended.
 class NumberArena {
  public:
-  const int64_t* store(const std::vector<int64_t>& values) {
-    if (blocks_.empty() || used_ + values.size() > blocks_.back().second) {
-      const size_t capacity = std::max<size_t>(kBlockNumbers, values.size());
+  int64_t* allocate(size_t count) {
+    if (blocks_.empty() || used_ + count > blocks_.back().second) {
+      const size_t capacity = std::max<size_t>(kBlockNumbers, count);
       blocks_.emplace_back(std::unique_ptr<int64_t[]>(new int64_t[capacity]), capacity);
       used_ = 0;
     }
     int64_t* out = blocks_.back().first.get() + used_;
-    std::copy(values.begin(), values.end(), out);
-    used_ += values.size();
+    used_ += count;
     return out;
   }
   void clear() {  // keeps the first block for the next batch
@@ -163,7 +175,6 @@ class NumberArena {
 struct BatchScratch {
   std::vector<Job> jobs;
   std::vector<Verdict> verdicts;
-  std::vector<int64_t> problem;  // one problem's numbers while converting them
   NumberArena numbers;
 
   void reset(size_t n) {
@@ -179,9 +190,10 @@ struct BatchScratch {
 constexpr size_t kPrefetchAhead = 4;  // responses: hides the cache miss of jumping to the next str
 
 inline void prefetch_text(const Text& text) {
+  // The whole text (up to 4 KB): a response is scanned end to end, and a cold one comes from DRAM.
   const char* data = static_cast<const char*>(text.data);
-  __builtin_prefetch(data);
-  __builtin_prefetch(data + 64);
+  const size_t bytes = std::min<size_t>(text.length * static_cast<size_t>(text.kind), 4096);
+  for (size_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(data + offset);
 }
 
 double reward(Verdict verdict, double format_score, double correct_score) {
@@ -201,8 +213,7 @@ py::tuple items_of(py::handle arg, const char* name) {
 double score(py::handle response, py::handle numbers, py::handle target, double format_score,
              double correct_score) {
   const Text text = text_of(response.ptr(), Where{"response"});
-  std::vector<int64_t> values;
-  append_numbers(numbers.ptr(), Where{"numbers"}, values);
+  const std::vector<int64_t> values = numbers_of(numbers.ptr(), Where{"numbers"});
   const int64_t goal = int_of(target.ptr(), Where{"target"});
   Verdict verdict;
   if (text.length > (size_t(1) << 16)) {  // long text: let other Python threads run meanwhile
@@ -367,10 +378,12 @@ py::list score_batch(py::handle responses, py::handle numbers, py::handle target
       if (i + kPrefetchAhead < n) __builtin_prefetch(PyTuple_GET_ITEM(texts, k + kPrefetchAhead));
       Job& job = scratch.jobs[i];
       job.text = text_of(PyTuple_GET_ITEM(texts, k), Where{"responses", k});
-      scratch.problem.clear();
-      append_numbers(PyTuple_GET_ITEM(number_items.ptr(), k), Where{"numbers", k}, scratch.problem);
-      job.numbers = scratch.numbers.store(scratch.problem);
-      job.count = scratch.problem.size();
+      job.count = convert_numbers(PyTuple_GET_ITEM(number_items.ptr(), k), Where{"numbers", k},
+                                  [&](size_t count) {
+                                    int64_t* out = scratch.numbers.allocate(count);
+                                    job.numbers = out;
+                                    return out;
+                                  });
       job.target = int_of(PyTuple_GET_ITEM(target_items.ptr(), k), Where{"targets", k});
       if ((i + 1) % ScoringCrew::kChunk == 0) crew.publish(i + 1);
     }
@@ -392,8 +405,7 @@ py::list score_batch(py::handle responses, py::handle numbers, py::handle target
 }
 
 py::object solve(py::handle numbers, py::handle target) {
-  std::vector<int64_t> values;
-  append_numbers(numbers.ptr(), Where{"numbers"}, values);
+  const std::vector<int64_t> values = numbers_of(numbers.ptr(), Where{"numbers"});
   if (values.empty() || values.size() > countdown::kMaxSolveNumbers) {
     throw py::value_error("solve needs 1 to " + std::to_string(countdown::kMaxSolveNumbers) +
                           " numbers, got " + std::to_string(values.size()));

@@ -90,6 +90,10 @@ inline bool mul(const Rational& a, const Rational& b, Rational& out) {
 
 inline bool div(const Rational& a, const Rational& b, Rational& out) {
   if (b.num == 0) return false;
+  if (a.den == 1 && b.den == 1 && a.num % b.num == 0) {  // exact integer quotient: no gcd needed
+    out = {a.num / b.num, 1};  // |quotient| <= |a.num| < 2^62
+    return true;
+  }
   i128 num = static_cast<i128>(a.num) * b.den;
   i128 den = static_cast<i128>(a.den) * b.num;
   if (den < 0) {
@@ -231,12 +235,13 @@ class ExpressionParser {
     }
     if (c < '0' || c > '9') return false;  // also rejects unary +/-, end of input, junk
     const size_t start = i_;
-    while (i_ < n_ && s_[i_] >= '0' && s_[i_] <= '9') ++i_;
+    uint64_t v = 0;
+    for (unsigned d; i_ < n_ && (d = static_cast<unsigned char>(s_[i_]) - '0') <= 9; ++i_) {
+      if (i_ - start < 19) v = v * 10 + d;  // 19 digits fit in uint64; more are rejected below
+    }
     const size_t digits = i_ - start;
     if (digits > 1 && s_[start] == '0') return false;  // leading zero
-    if (digits > 19) return false;  // >= 10^19 > 2^62; 19 digits still fit in uint64 below
-    uint64_t v = 0;
-    for (size_t k = start; k < i_; ++k) v = v * 10 + static_cast<uint64_t>(s_[k] - '0');
+    if (digits > 19) return false;                      // >= 10^19 > 2^62
     if (v >= static_cast<uint64_t>(kValueLimit) || !take_number(static_cast<int64_t>(v))) return false;
     value = {static_cast<int64_t>(v), 1};
     return true;
