@@ -263,7 +263,8 @@ def test_one_input_requires_grad(backend, device, which):
     loss.backward()
     _, _, want_gh, want_gw = run_oracle(batch, "token-mean", torch.tensor(1.0), **OPTIONS)
     assert (hidden.grad is None) == (which == "weight") and (weight.grad is None) == (which == "hidden")
-    assert_grad_close(hidden.grad if which == "hidden" else weight.grad, want_gh if which == "hidden" else want_gw, 2e-5)
+    got, want = (hidden.grad, want_gh) if which == "hidden" else (weight.grad, want_gw)
+    assert_grad_close(got, want, 2e-5)
 
 
 def test_tied_embedding_weight_accumulates(backend, device):
@@ -281,8 +282,8 @@ def test_tied_embedding_weight_accumulates(backend, device):
         hidden = torch.tanh(emb[ids]) * 3
         if fp64:
             logp, entropy = R.fused_logprobs(hidden, emb, targets, temperature=1.0, return_entropy=True)
-            loss, _ = R.policy_loss(logp[None], old[None], adv[None], torch.ones(1, n, device=device), ref_logp=ref[None],
-                                    kl_coef=0.1, entropy=entropy[None], entropy_coef=0.01)
+            loss, _ = R.policy_loss(logp[None], old[None], adv[None], torch.ones(1, n, device=device),
+                                    ref_logp=ref[None], kl_coef=0.1, entropy=entropy[None], entropy_coef=0.01)
         else:
             loss, _ = fused_linear_policy_loss(hidden, emb, targets, old, adv, weights, ref_logp=ref, kl_coef=0.1,
                                                entropy_coef=0.01)
