@@ -323,3 +323,14 @@ def validate(config: Config) -> None:
         need(a.algorithm in ("ppo", "reinforce_pp"), "kl_in_reward",
              "a per-token KL reward needs a token-level estimator (--algorithm ppo or reinforce_pp)")
     need(not (r.rollout == "sglang" and run.device == "cpu"), "rollout", "sglang needs --device cuda")
+
+
+def options_markdown() -> str:
+    """The README's options table (tests/test_config.py checks the README carries the current one)."""
+    defaults = Config()
+    lines = ["| option | default | what it does |", "|---|---|---|"]
+    for name, (section, f) in FIELDS.items():
+        choices = f.metadata.get("choices")
+        text = f.metadata["help"] + (f" ({' / '.join(choices)})" if choices else "")
+        lines.append(f"| `{_flag(name)}` | `{getattr(getattr(defaults, section), name)}` | {text} |")
+    return "\n".join(lines)

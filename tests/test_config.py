@@ -81,3 +81,9 @@ def test_main_reports_errors_before_work(capsys, tmp_path):
     assert not (tmp_path / "run").exists()
     assert main(["--model-path", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path / "run")]) == 2
     assert "--model-path" in capsys.readouterr().err
+
+
+def test_readme_lists_every_option_with_its_current_default():
+    import os
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    assert C.options_markdown() in readme, "regenerate the README's options table from config.options_markdown()"
