@@ -306,8 +306,8 @@ def fused_linear_policy_loss(
     _validate(hidden, weight, targets, old_logp, advantages, token_weight, ref_logp, cfg)
     cfg = cfg._replace(**{k: float(v) for k, v in cfg._asdict().items() if isinstance(v, (int, float))})
     backend = backend_for(hidden.device)
-    weight_fp32 = token_weight.detach().float().contiguous()
-    valid = weight_fp32 != 0
+    token_weight_fp32 = token_weight.detach().float().contiguous()
+    valid = token_weight_fp32 != 0
 
     def clean(x):  # padding garbage (inf, NaN) -> 0 before any math, so 0 * inf never happens
         return None if x is None else torch.where(valid, x.detach().float(), 0.0).contiguous()
@@ -320,10 +320,11 @@ def fused_linear_policy_loss(
         logprobs = reference.fused_logprobs if backend == "reference" else LP.fused_logprobs
         logp, entropy = logprobs(hidden, weight, targets, temperature=cfg.temperature, return_entropy=True)
         terms = torch.zeros(_NUM_TERMS, hidden.shape[0], dtype=torch.float32, device=hidden.device)
-        _, weighted_loss = _token_loss_torch(logp.float(), entropy.float(), old, adv, ref, weight_fp32, cfg, terms)
+        _, weighted_loss = _token_loss_torch(logp.float(), entropy.float(), old, adv, ref, token_weight_fp32, cfg,
+                                             terms)
         loss = weighted_loss.sum()
     else:
         loss, terms = _FusedLinearPolicyLossFunction.apply(
-            hidden, weight, targets, old, adv, ref, weight_fp32, cfg, backend
+            hidden, weight, targets, old, adv, ref, token_weight_fp32, cfg, backend
         )
-    return loss, _stats(terms, weight_fp32, cfg, ref_logp is not None)
+    return loss, _stats(terms, token_weight_fp32, cfg, ref_logp is not None)
