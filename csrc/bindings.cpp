@@ -66,6 +66,12 @@ Text text_of(PyObject* obj, const Where& where) {
 
 // Accepts Python ints and anything with __index__ (numpy integers); rejects bool and floats.
 int64_t int_of(PyObject* obj, const Where& where) {
+  if (PyLong_CheckExact(obj)) {  // the common case first: a plain int (never a bool)
+    int overflow = 0;
+    const long long value = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    if (overflow == 0) return value;
+    throw py::value_error(where.str() + " does not fit in a signed 64-bit integer");
+  }
   if (PyBool_Check(obj)) throw py::type_error(where.str() + " must be an int, got bool");
   py::object index;
   if (!PyLong_Check(obj)) {
