@@ -212,9 +212,8 @@ class ExpressionParser {
 
   // Parses and evaluates the whole input; false when it is not one valid expression.
   bool parse(Rational& value) {
-    if (!parse_expr(value)) return false;
     skip_space();
-    return i_ == n_;
+    return parse_expr(value) && i_ == n_;
   }
   // Whether the literals seen are exactly the numbers given, as multisets.
   bool used_all_numbers(const int64_t* numbers) {
@@ -228,18 +227,20 @@ class ExpressionParser {
   }
 
  private:
+  // Invariant: after every token, i_ sits on the next token (whitespace already skipped).
   void skip_space() {
     while (i_ < n_ && is_strip_space(static_cast<unsigned char>(s_[i_]))) ++i_;
   }
-  char peek() {
+  char peek() const { return i_ < n_ ? s_[i_] : '\0'; }
+  void advance() {  // past a one-character token
+    ++i_;
     skip_space();
-    return i_ < n_ ? s_[i_] : '\0';
   }
 
   bool parse_expr(Rational& value) {
     if (!parse_term(value)) return false;
     for (char op = peek(); op == '+' || op == '-'; op = peek()) {
-      ++i_;
+      advance();
       Rational rhs;
       if (!parse_term(rhs) || !apply(op, value, rhs, value)) return false;
     }
@@ -249,7 +250,7 @@ class ExpressionParser {
   bool parse_term(Rational& value) {
     if (!parse_factor(value)) return false;
     for (char op = peek(); op == '*' || op == '/'; op = peek()) {
-      ++i_;
+      advance();
       Rational rhs;
       if (!parse_factor(rhs) || !apply(op, value, rhs, value)) return false;
     }
@@ -260,9 +261,9 @@ class ExpressionParser {
     const char c = peek();
     if (c == '(') {
       if (++depth_ > kMaxParenDepth) return false;
-      ++i_;
+      advance();
       if (!parse_expr(value) || peek() != ')') return false;
-      ++i_;
+      advance();
       --depth_;
       return true;
     }
@@ -277,6 +278,7 @@ class ExpressionParser {
     if (digits > 19) return false;                      // >= 10^19 > 2^62
     if (v >= static_cast<uint64_t>(kValueLimit) || !take_number(static_cast<int64_t>(v))) return false;
     value = {static_cast<int64_t>(v), 1};
+    skip_space();
     return true;
   }
 
@@ -330,7 +332,11 @@ Verdict verify(const CharT* text, size_t length, const int64_t* numbers, size_t 
   while (content_end > content && is_strip_space(content_end[-1])) --content_end;
   const size_t n = static_cast<size_t>(content_end - content);
   if (n > kMaxAnswerChars) return Verdict::kInvalid;
-  char ascii[kMaxAnswerChars];
+  if constexpr (sizeof(CharT) == 1) {
+    // Latin-1 units: bytes >= 128 match no token class, so the parser rejects them itself.
+    return verify_expression(reinterpret_cast<const char*>(content), n, numbers, count, target);
+  }
+  char ascii[kMaxAnswerChars];  // wider units: a unit like U+012B must not pass as '+' (0x2B)
   for (size_t k = 0; k < n; ++k) {
     const uint32_t c = static_cast<uint32_t>(content[k]);
     if (c > 127) return Verdict::kInvalid;  // every allowed character is ASCII
