@@ -74,7 +74,7 @@ def _warn_fallback() -> None:
     if not _warned:
         _warned = True
         warnings.warn(f"fastzero._countdown is not built ({_IMPORT_ERROR}); using the pure-Python "
-                      "Countdown verifier, which is ~100x slower. Build it with "
+                      "Countdown verifier, which is ~50x slower. Build it with "
                       "`pip install -e .` or `python setup.py build_ext --inplace`.",
                       RuntimeWarning, stacklevel=3)
 
