@@ -154,7 +154,7 @@ min_value={h['min_value']}, max_value={h['max_value']}, min_target={h['min_targe
 - Tokenizer: WordLevel trained on the corpus; whole integers, tags and single characters are tokens
   ({recipe['tokenizer']['vocab_size']} tokens). Load with `AutoTokenizer.from_pretrained(dir)`.
 - Pretraining: {t['steps']} steps x {t['batch_size']} rows, AdamW lr {t['lr']} (warmup, cosine), loss on the
-  answer only; {t['seconds']}s on {t['threads']} CPU threads.
+  answer only. The whole build took {t['seconds']}s on {t['threads']} CPU threads (a shared machine).
 - Base greedy accuracy on the held-out set: {recipe['base_greedy_accuracy']:.1%}.
 
 Rebuild: `{recipe['command']}` (fastzero/tiny/). See recipe.json for every setting.

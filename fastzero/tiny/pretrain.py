@@ -152,6 +152,9 @@ def save_checkpoint(model, tokenizer: Tokenizer, out_dir: str | os.PathLike, rec
         save_hf_tokenizer(tokenizer, tmp, model_max_length=model.config.max_position_embeddings)
         (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
         (tmp / "BUILD.md").write_text(build_notes)
+        tmp.chmod(0o755)  # mkdtemp makes 0700
+        for path in tmp.iterdir():
+            path.chmod(0o644)
         if out.exists():
             old = out.with_name(out.name + ".old")
             shutil.rmtree(old, ignore_errors=True)

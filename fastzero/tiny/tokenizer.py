@@ -105,6 +105,7 @@ def _atomic_write(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; shipped files must be readable by everyone
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
