@@ -42,7 +42,7 @@ class ModelConfig:
 class DataConfig:
     train_path: str | None = opt(None, "training problems (.parquet/.jsonl, ours or TinyZero's); none = generate")
     test_path: str | None = opt(None, "held-out problems for evaluation; none = generate")
-    num_train: int = opt(10000, "problems to generate when train_path is not given")
+    num_train: int = opt(8000, "problems to generate when train_path is not given")
     num_test: int = opt(500, "held-out problems (generated, or the first N loaded); disjoint from train")
     min_numbers: int = opt(3, "fewest numbers in a generated problem")
     max_numbers: int = opt(3, "most numbers in a generated problem (<= 6)")
@@ -50,7 +50,8 @@ class DataConfig:
     max_value: int = opt(20, "largest number in a generated problem")
     min_target: int = opt(1, "smallest generated target")
     max_target: int = opt(50, "largest generated target")
-    data_seed: int = opt(1234, "seed of problem generation (the held-out split depends only on it)")
+    data_seed: int = opt(1000, "seed of problem generation: the held-out split is generate_problems(num_test, seed=data_seed), "
+                                "the training problems use data_seed + 1 and exclude it (1000 = the split the tiny model never saw)")
     template: str = opt("compact", "prompt template", ("base", "instruct", "compact"))
     max_prompt_tokens: int = opt(256, "longest prompt in tokens; longer prompts are an error")
     skip_bad_rows: bool = opt(False, "skip (and count) malformed rows in data files instead of failing")
@@ -62,7 +63,7 @@ class RolloutConfig:
                        ("auto", "hf", "sglang"))
     prompts_per_step: int = opt(64, "prompts sampled per RL step")
     samples_per_prompt: int = opt(8, "completions per prompt (the group size for GRPO-family methods)")
-    max_new_tokens: int = opt(24, "longest response in tokens")
+    max_new_tokens: int = opt(14, "longest response in tokens")
     temperature: float = opt(1.0, "sampling temperature for rollouts (evaluation is greedy)")
     top_p: float = opt(1.0, "nucleus sampling threshold")
     top_k: int = opt(0, "top-k sampling (0 = off)")
@@ -109,15 +110,15 @@ class OptimizerConfig:
 
 @dataclass
 class RunConfig:
-    max_steps: int = opt(200, "RL steps")
-    time_limit_minutes: float = opt(0.0, "stop RL after this many minutes, then evaluate (0 = no limit)")
+    max_steps: int = opt(300, "RL steps")
+    time_limit_minutes: float = opt(8.0, "stop RL after this many minutes, then evaluate (0 = no limit)")
     seed: int = opt(0, "seed of sampling, initialization and data order")
     device: str = opt("auto", "auto = cuda if available, else cpu", ("auto", "cpu", "cuda"))
     threads: int = opt(0, "CPU threads for torch (0 = all cores)")
     output_dir: str | None = opt(None, "where everything is written (default: runs/<timestamp>)")
     resume: str | None = opt(None, "resume the run in this output directory from its last checkpoint")
-    eval_every: int = opt(25, "greedy evaluation on the held-out split every N steps (0 = start and end only)")
-    save_every: int = opt(25, "atomic checkpoint every N steps (0 = only at the end and on Ctrl-C)")
+    eval_every: int = opt(50, "greedy evaluation on the held-out split every N steps (0 = start and end only)")
+    save_every: int = opt(50, "atomic checkpoint every N steps (0 = only at the end and on Ctrl-C)")
     log_samples: int = opt(4, "sample completions written per step to samples.jsonl")
     price_per_hour: float = opt(0.0, "device price in $ per hour for the cost summary (0 = not priced)")
     progress: bool = opt(True, "show a progress bar on stderr")
@@ -201,7 +202,7 @@ _TINYZERO_PPO = dict(  # TinyZero's published recipe (PPO with a critic), see PL
     template="base", min_numbers=3, max_numbers=4, min_value=1, max_value=99, min_target=1,
     max_target=99, num_train=327680, num_test=1024, model_path="", max_steps=300,
     eval_every=50, save_every=50, micro_batch_tokens=32768, gen_batch_size=1024,
-    warmup_steps=0, grad_clip=1.0, loss_agg="token-mean",
+    warmup_steps=0, grad_clip=1.0, loss_agg="token-mean", time_limit_minutes=0.0, data_seed=1234,
 )
 _GRPO_VARIANT = dict(  # the same task with GRPO: groups instead of a critic, KL in the loss
     algorithm="grpo", samples_per_prompt=8, prompts_per_step=64, mini_batch_size=128,

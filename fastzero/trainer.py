@@ -19,7 +19,7 @@ import torch
 from fastzero.kernels.fused_policy_loss import fused_linear_policy_loss
 from fastzero.kernels.policy_loss import policy_loss, token_weights
 
-from .algorithms import compute_advantages, value_loss
+from .algorithms import GROUP_METHODS, compute_advantages, value_loss
 from .batch import SequenceBatch, collate, micro_weight, microbatches, minibatches
 from .metrics import PhaseTimer
 from .model import lm_head_weight, response_tokens, sequence_logprobs
@@ -60,17 +60,25 @@ class Trainer:
                                               format_score=a.format_score, correct_score=a.correct_score))
 
         batch = collate(flat_prompts, responses, pad_id=run.pad_id, device=run.device)
+        advantage_args = dict(group_size=r.samples_per_prompt, gamma=a.gamma, lam=a.lam,
+                              kl_coef=a.kl_coef if a.kl_in_reward else 0.0)
+        # Group methods need only the scores: their advantages come first, and then only the sequences
+        # that carry a gradient need old / ref log-probs at all (see rows_with_gradient).
+        advantages = returns = None
+        if a.algorithm in GROUP_METHODS:
+            advantages, returns = compute_advantages(a.algorithm, scores.to(run.device), batch.response_mask,
+                                                     **advantage_args)
+        active = self.rows_with_gradient(advantages, len(batch))
         with self.timer.phase("logprobs"):
-            old_logp, ref_logp, old_values = self.score_tokens(batch)
+            old_logp, ref_logp, old_values = self.score_tokens(batch, active)
         kl = (old_logp - ref_logp) * batch.response_mask if ref_logp is not None else None
-        advantages, returns = compute_advantages(
-            a.algorithm, scores.to(run.device), batch.response_mask, group_size=r.samples_per_prompt,
-            gamma=a.gamma, lam=a.lam, values=old_values, kl=kl,
-            kl_coef=a.kl_coef if a.kl_in_reward else 0.0)
+        if advantages is None:
+            advantages, returns = compute_advantages(a.algorithm, scores.to(run.device), batch.response_mask,
+                                                     values=old_values, kl=kl, **advantage_args)
 
         with self.timer.phase("update"):
             run.engine.release_memory()
-            stats = self.update(batch, old_logp, ref_logp, advantages, old_values, returns)
+            stats = self.update(batch, old_logp, ref_logp, advantages, old_values, returns, active)
             run.engine.resume_memory()
         with self.timer.phase("sync"):
             run.engine.update_weights(run.policy)
@@ -91,16 +99,30 @@ class Trainer:
         run.log_samples(step, flat_problems, texts, scores)
         return row
 
+    def rows_with_gradient(self, advantages: torch.Tensor | None, n: int) -> torch.Tensor:
+        """[n] bool: the sequences whose loss has a non-zero gradient.
+
+        A sequence whose advantage is 0 everywhere (a GRPO group where every sample scored the same:
+        55-80% of groups on the tiny preset) has a policy-gradient term of exactly 0 for any ratio, so
+        when no KL, entropy or critic term applies it needs no log-probs, forward or backward. The
+        loss normalizers still count it (micro_weight sees the whole mini-batch): the update is the
+        same as if it were included.
+        """
+        a = self.cfg.algorithm
+        if advantages is None or a.kl_coef > 0 or a.entropy_coef > 0 or self.run.critic is not None:
+            return torch.ones(n, dtype=torch.bool)
+        return (advantages != 0).any(dim=1).cpu()
+
     @torch.no_grad()
-    def score_tokens(self, batch: SequenceBatch):
-        """Old-policy and reference log-probs, and critic values, for every token (no grad)."""
+    def score_tokens(self, batch: SequenceBatch, active: torch.Tensor):
+        """Old-policy and reference log-probs, and critic values, for the active rows (no grad)."""
         run, a = self.run, self.cfg.algorithm
         temperature = self.cfg.rollout.temperature
         budget = a.micro_batch_tokens
         old = torch.zeros_like(batch.response_mask)
         ref = torch.zeros_like(old) if run.reference is not None else None
         values = torch.zeros_like(old) if run.critic is not None else None
-        for rows in microbatches(torch.arange(len(batch)), batch.lengths, budget):
+        for rows in microbatches(torch.arange(len(batch))[active], batch.lengths, budget):
             mb = batch.select(rows)
             width = mb.input_ids.shape[1]
             old[rows, :width] = sequence_logprobs(run.policy, mb.input_ids, mb.attention_mask,
@@ -112,19 +134,22 @@ class Trainer:
                 values[rows, :width] = _shifted_values(run.critic, mb) * mb.response_mask
         return old, ref, values
 
-    def update(self, batch, old_logp, ref_logp, advantages, old_values, returns) -> dict[str, float]:
+    def update(self, batch, old_logp, ref_logp, advantages, old_values, returns, carries_gradient) -> dict[str, float]:
         run, a = self.run, self.cfg.algorithm
         kl_in_loss = ref_logp is not None and not a.kl_in_reward and a.kl_coef > 0
-        totals: dict[str, float] = {}
+        totals: dict[str, float] = {"update/skipped_rows": float((~carries_gradient).float().mean())}
         updates = 0
         for _ in range(a.ppo_epochs):
             for mini in minibatches(len(batch), a.mini_batch_size, run.shuffle_generator):
                 mini_mask = batch.response_mask[mini]
+                active = mini[carries_gradient[mini]]
+                if len(active) == 0:  # no sequence in this mini-batch carries a gradient
+                    continue
                 run.optimizer.zero_grad(set_to_none=True)
                 if run.critic_optimizer is not None:
                     run.critic_optimizer.zero_grad(set_to_none=True)
                 mini_stats: dict[str, float] = {}
-                for rows in microbatches(mini, batch.lengths, a.micro_batch_tokens):
+                for rows in microbatches(active, batch.lengths, a.micro_batch_tokens):
                     mb = batch.select(rows)
                     width = mb.input_ids.shape[1]
                     loss, stats = self.policy_loss(mb, old_logp[rows, :width], advantages[rows, :width],
@@ -147,7 +172,8 @@ class Trainer:
                 for key, value in mini_stats.items():
                     totals[key] = totals.get(key, 0.0) + value
                 updates += 1
-        return {key: value / max(1, updates) for key, value in totals.items()}
+        skipped = totals.pop("update/skipped_rows")
+        return {"update/skipped_rows": skipped, **{key: value / max(1, updates) for key, value in totals.items()}}
 
     def policy_loss(self, mb: SequenceBatch, old_logp, advantages, ref_logp):
         """The PPO/GRPO loss of one micro-batch: fused from hidden states, or log-probs then loss."""

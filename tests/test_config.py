@@ -33,7 +33,7 @@ def test_help_lists_every_option_with_its_default():
     text = build_parser().format_help()
     for name in C.FIELDS:
         assert "--" + name.replace("_", "-") in text
-    assert "--max-steps" in text and "(default: 200)" in text.replace("\n", " ").replace("  ", " ")
+    assert "--max-steps" in text and "(default: 300)" in text.replace("\n", " ").replace("  ", " ")
 
 
 def test_flags_override_preset_and_file(tmp_path):
