@@ -3,7 +3,8 @@
 - `group_advantages(rewards [B], group_size, method)`: groups are contiguous runs of group_size
   rows (the G samples of one prompt). grpo = (r - mean) / (unbiased std + eps); dr_grpo = r - mean
   (Dr. GRPO drops the std division); rloo = r - mean of the other members, computed as
-  G/(G-1) * (r - mean). A group of one has no baseline and gets 0. Triton: one program per block
+  G/(G-1) * (r - mean). A group of one has no baseline and gets 0; a group of equal rewards gets
+  exactly 0 (rewards are shifted by the group's first before averaging, so no rounding is left). Triton: one program per block
   of groups, each group a row of a [groups, members] tile.
 - `gae(rewards, values, mask, gamma, lam)`: the reverse recursion over each row's valid tokens;
   masked positions carry the next value/advantage through unchanged (as verl does), so left or
@@ -47,8 +48,12 @@ if triton_importable():
         inside = (groups[:, None] < n_groups) & (members[None, :] < group_size)
         r = tl.load(rewards_ptr + offs, mask=inside, other=0.0).to(tl.float32)
         size = group_size * 1.0  # >= 2: the host answers groups of one
-        mean = tl.sum(r, axis=1) / size
-        centered = tl.where(inside, r - mean[:, None], 0.0)  # two passes: no E[x^2]-E[x]^2 cancellation
+        # Shift by the group's first reward before averaging: a group whose rewards are all equal
+        # (most GRPO groups) then gets exactly 0, not rounding noise divided by (0 + eps).
+        first = tl.sum(tl.where(members[None, :] == 0, r, 0.0), axis=1)
+        shifted = tl.where(inside, r - first[:, None], 0.0)
+        mean = tl.sum(shifted, axis=1) / size
+        centered = tl.where(inside, shifted - mean[:, None], 0.0)  # two passes: no E[x^2]-E[x]^2 cancellation
         if METHOD == 0:
             std = tl.sqrt(tl.sum(centered * centered, axis=1) / tl.maximum(size - 1.0, 1.0))
             adv = centered / (std[:, None] + eps)

@@ -142,14 +142,17 @@ def group_advantages(
     grouped = rewards.to(compute).reshape(-1, group_size)
     if group_size == 1:
         return torch.zeros_like(grouped).reshape(-1)
-    mean = grouped.mean(dim=1, keepdim=True)
+    # Shifting by the group's first reward changes nothing mathematically, and makes a group of
+    # equal rewards come out exactly 0 instead of rounding noise / (0 + eps).
+    shifted = grouped - grouped[:, :1]
+    mean = shifted.mean(dim=1, keepdim=True)
     if method == "grpo":
-        adv = (grouped - mean) / (grouped.std(dim=1, keepdim=True) + eps)
+        adv = (shifted - mean) / (shifted.std(dim=1, keepdim=True) + eps)
     elif method == "dr_grpo":
-        adv = grouped - mean
+        adv = shifted - mean
     else:  # "rloo"
-        others_mean = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
-        adv = grouped - others_mean
+        others_mean = (shifted.sum(dim=1, keepdim=True) - shifted) / (group_size - 1)
+        adv = shifted - others_mean
     return adv.reshape(-1)
 
 

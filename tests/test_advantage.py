@@ -146,6 +146,17 @@ def test_group_advantages_random_shapes(device, n_groups, group_size, method, se
     torch.testing.assert_close(got.double(), as_tensor(expected, device), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("method", GROUP_METHODS)
+@pytest.mark.parametrize("value", [0.1, 1.0, 0.0, 1 / 3])
+def test_group_of_equal_rewards_gets_exactly_zero(backend, device, method, value):
+    """Most GRPO groups score alike; they must carry no gradient at all, not rounding noise / eps."""
+    rewards = torch.full((24,), value, device=device)
+    rewards[8:16] = torch.tensor([0.0, 1.0] * 4, device=device)  # one group that does vary
+    adv = group_advantages(rewards, 8, method=method)
+    assert torch.count_nonzero(adv[:8]) == 0 and torch.count_nonzero(adv[16:]) == 0
+    assert torch.count_nonzero(adv[8:16]) == 8
+
+
 @pytest.mark.parametrize("args, kwargs, error, match", [
     ((torch.zeros(10), 3), {}, ValueError, "not divisible by group_size=3"),
     ((torch.zeros(10), 0), {}, ValueError, "group_size must be a positive int"),
