@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import itertools
 import json
 import os
 import platform
@@ -47,6 +46,7 @@ from typing import Callable
 import torch
 
 from fastzero.kernels import logprob as LP
+from fastzero.kernels._memory import peak_allocated_bytes
 from fastzero.kernels import reference as R
 from fastzero.kernels.fused_policy_loss import fused_linear_policy_loss
 from fastzero.kernels.logprob import fused_logprobs
@@ -318,23 +318,6 @@ def time_ms(fn, device, reps: int) -> float:
     return statistics.median(times)
 
 
-def peak_extra_bytes(fn, device) -> int:
-    """Peak bytes torch allocates while fn runs, above what was allocated before."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-    # CPU: the profiler logs each allocator call as a "[memory]" event of +/- nbytes.
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    events.sort(key=lambda e: e.start_ns())
-    return max(itertools.accumulate((e.nbytes() for e in events), initial=0))
-
-
 def measure(candidate: Candidate, problem: Problem, device, reps: int) -> dict:
     run = candidate.build(problem)
     problem.hidden.grad = problem.weight.grad = None
@@ -360,7 +343,7 @@ def measure(candidate: Candidate, problem: Problem, device, reps: int) -> dict:
     row["bwd_ms"] = time_ms(backward, device, reps)
     state.clear()
     row["full_ms"] = time_ms(full, device, reps)
-    row["peak_mb"] = peak_extra_bytes(full, device) / 2**20
+    row["peak_mb"] = peak_allocated_bytes(full, device) / 2**20
     row["tflops"] = problem.flops / (row["full_ms"] * 1e-3) / 1e12
     return row
 

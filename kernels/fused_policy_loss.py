@@ -71,6 +71,8 @@ if triton_importable():
     import triton
     import triton.language as tl
 
+    from fastzero.kernels.policy_loss import _kl_and_grad
+
     # The same row indices as Triton compile-time constants: a kernel may only read globals that
     # are tl.constexpr objects (the interpreter does not enforce it; the GPU compiler does).
     _LOSS_ROW, _CLIPPED_ROW, _DUAL_ROW, _KL_OLD_ROW, _KL_REF_ROW, _ENTROPY_ROW = (
@@ -111,16 +113,7 @@ if triton_importable():
         dlogp = tl.where(zeroed, 0.0, -adv * ratio)
         if HAS_REF:
             diff = lp - tl.load(ref_ptr + offs, mask=inside, other=0.0)
-            if KL_TYPE == 0:
-                kl = diff
-                dkl = tl.full([BLOCK], 1.0, tl.float32)
-            elif KL_TYPE == 1:
-                kl = 0.5 * diff * diff
-                dkl = diff
-            else:
-                back = tl.exp(-diff)
-                kl = back + diff - 1.0
-                dkl = 1.0 - back
+            kl, dkl = _kl_and_grad(diff, KL_TYPE)
             loss += kl_coef * kl
             dlogp += kl_coef * dkl
             tl.store(terms_ptr + _KL_REF_ROW * terms_stride + offs, tl.where(valid, kl, 0.0), mask=inside)

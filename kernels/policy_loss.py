@@ -141,6 +141,25 @@ if triton_importable():
     import triton.language as tl
 
     @triton.jit
+    def _kl_and_grad(diff, KL_TYPE: tl.constexpr):
+        """KL estimate to the reference and its derivative in logp, from diff = logp - ref_logp.
+
+        k1 = diff; k2 = diff^2 / 2; k3 = exp(-diff) + diff - 1 (Schulman's unbiased, >= 0 estimator).
+        Shared by this kernel and the fused hidden-states loss (kernels/fused_policy_loss.py).
+        """
+        if KL_TYPE == 0:
+            kl = diff
+            dkl = diff * 0.0 + 1.0
+        elif KL_TYPE == 1:
+            kl = 0.5 * diff * diff
+            dkl = diff
+        else:
+            back = tl.exp(-diff)
+            kl = back + diff - 1.0
+            dkl = 1.0 - back
+        return kl, dkl
+
+    @triton.jit
     def _policy_loss_fwd_kernel(
         # inputs, [B, T] contiguous unless noted
         logp_ptr, old_ptr, adv_ptr, mask_ptr, ref_ptr, ent_ptr,
@@ -189,16 +208,7 @@ if triton_importable():
             dlogp = tl.where(zeroed, 0.0, -adv * ratio)
             if HAS_REF:
                 diff = lp - tl.load(ref_ptr + offs, mask=valid, other=0.0).to(tl.float32)
-                if KL_TYPE == 0:
-                    kl = diff
-                    dkl = tl.full([BLOCK_T], 1.0, tl.float32)
-                elif KL_TYPE == 1:
-                    kl = 0.5 * diff * diff
-                    dkl = diff
-                else:
-                    back = tl.exp(-diff)
-                    kl = back + diff - 1.0
-                    dkl = 1.0 - back
+                kl, dkl = _kl_and_grad(diff, KL_TYPE)
                 loss += kl_coef * kl
                 dlogp += kl_coef * dkl
                 acc_kl_ref += tl.where(valid, kl, 0.0)

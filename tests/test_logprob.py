@@ -7,7 +7,6 @@ multi-block online softmax, the one-pass chunk function, a measured memory bound
 """
 from __future__ import annotations
 
-import itertools
 
 import pytest
 import torch
@@ -15,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastzero.kernels import logprob as LP
+from fastzero.kernels._memory import peak_allocated_bytes
 from fastzero.kernels import reference as R
 from fastzero.kernels.logprob import fused_logprobs
 
@@ -228,23 +228,6 @@ def test_chunk_rows_respects_budget():
     weight = torch.zeros(151936, 8)
     assert LP._one_pass_rows(weight, "triton") == 256 * 2**20 // (151936 * 4)
     assert LP._one_pass_rows(weight, "torch") == 256 * 2**20 // (151936 * 8)
-
-
-def peak_allocated_bytes(fn, device) -> int:
-    """Peak bytes allocated by torch while `fn` runs, above what was allocated before it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-    # CPU: the profiler logs every allocator call as a "[memory]" event of +/- nbytes.
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
-    return max(itertools.accumulate((e.nbytes() for e in events), initial=0))
 
 
 @pytest.mark.parametrize("path", ["triton", "torch"])
