@@ -15,3 +15,19 @@ if not torch.cuda.is_available():
 def device() -> torch.device:
     """The device kernel tests run on: CUDA when present, else CPU (Triton via the interpreter)."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+KERNEL_BACKENDS = ("triton", "torch", "reference")
+
+
+@pytest.fixture(params=KERNEL_BACKENDS)
+def backend(request, monkeypatch, device) -> str:
+    """Each kernel path in turn, forced through FASTZERO_KERNELS; skipped where it cannot run."""
+    from fastzero.kernels._dispatch import backend_for
+
+    monkeypatch.setenv("FASTZERO_KERNELS", request.param)
+    try:
+        backend_for(device)
+    except RuntimeError as err:  # Triton forced where it cannot run
+        pytest.skip(str(err))
+    return request.param

@@ -16,10 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastzero.kernels import reference
-from fastzero.kernels._dispatch import backend_for
 from fastzero.kernels.advantage import GROUP_METHODS, gae, group_advantages, reinforce_pp_advantages, whiten
 
-BACKENDS = ("triton", "torch", "reference")
 
 # dtype, atol, rtol: the kernels compute in fp32 from the same input values the oracle sees.
 TOLERANCES = [
@@ -27,15 +25,6 @@ TOLERANCES = [
     pytest.param(torch.bfloat16, 1e-5, 1e-5, id="bf16"),
 ]
 
-
-@pytest.fixture(params=BACKENDS)
-def backend(request, monkeypatch, device):
-    monkeypatch.setenv("FASTZERO_KERNELS", request.param)
-    try:
-        backend_for(device)
-    except RuntimeError as err:  # Triton forced where it cannot run
-        pytest.skip(str(err))
-    return request.param
 
 
 # ---- oracles ----------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ from fastzero.kernels._memory import peak_allocated_bytes
 from fastzero.kernels import reference as R
 from fastzero.kernels.logprob import fused_logprobs
 
-BACKENDS = ("triton", "torch", "reference")
 
 # dtype, atol on logp/entropy, gradient error allowed as a fraction of the largest reference gradient.
 # bf16: the oracle sees the same bf16-rounded inputs; errors come from bf16 gradient outputs (and on
@@ -28,11 +27,6 @@ TOLERANCES = [
     pytest.param(torch.bfloat16, 2e-3, 2e-2, id="bf16"),
 ]
 
-
-@pytest.fixture(params=BACKENDS)
-def backend(request, monkeypatch) -> str:
-    monkeypatch.setenv("FASTZERO_KERNELS", request.param)
-    return request.param
 
 
 def make_inputs(n, h, v, dtype, device, seed=0, scale=3.0):

@@ -17,7 +17,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastzero.kernels import reference
-from fastzero.kernels._dispatch import backend_for
 from fastzero.kernels.policy_loss import (
     AGGREGATIONS,
     KL_TYPES,
@@ -26,7 +25,6 @@ from fastzero.kernels.policy_loss import (
     token_weights,
 )
 
-BACKENDS = ("triton", "torch", "reference")
 
 # dtype, (loss atol, rtol), (grad atol, rtol). Both sides see the same input values; fp32 differs
 # from the float64 oracle by rounding only, bf16 gradients come back rounded to bf16.
@@ -35,15 +33,6 @@ TOLERANCES = [
     pytest.param(torch.bfloat16, (1e-5, 1e-5), (1e-5, 1e-2), id="bf16"),
 ]
 
-
-@pytest.fixture(params=BACKENDS)
-def backend(request, monkeypatch, device):
-    monkeypatch.setenv("FASTZERO_KERNELS", request.param)
-    try:
-        backend_for(device)
-    except RuntimeError as err:  # Triton forced where it cannot run
-        pytest.skip(str(err))
-    return request.param
 
 
 def make_inputs(B, T, dtype, device, *, seed=0, adv_per_token=False, empty_row=True):
