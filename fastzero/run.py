@@ -35,7 +35,7 @@ class Run:
         self.device = torch.device("cuda" if cfg.run.device == "auto" and torch.cuda.is_available()
                                    else ("cpu" if cfg.run.device == "auto" else cfg.run.device))
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("--device cuda: no CUDA device is available")
+            raise ValueError("--device cuda: no CUDA device is available")
         dtype = {"auto": torch.bfloat16 if self.device.type == "cuda" else torch.float32,
                  "float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.model.dtype]
         random.seed(cfg.run.seed)

@@ -70,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     output_dir = config.run.output_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
     config.run.output_dir = output_dir
+    if not config.run.resume and os.path.exists(os.path.join(output_dir, "metrics.jsonl")):
+        print(f"error: --output-dir {output_dir!r} already holds a run; continue it with --resume {output_dir} "
+              "or choose another directory (nothing was overwritten)", file=sys.stderr)
+        return 2
 
     from .run import Run
     from .trainer import train_loop

@@ -81,6 +81,12 @@ def test_main_reports_errors_before_work(capsys, tmp_path):
     assert not (tmp_path / "run").exists()
     assert main(["--model-path", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path / "run")]) == 2
     assert "--model-path" in capsys.readouterr().err
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "metrics.jsonl").write_text('{"step": 0}\n')
+    assert main(["--output-dir", str(used)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert (used / "metrics.jsonl").read_text() == '{"step": 0}\n'  # nothing overwritten
 
 
 def test_readme_lists_every_option_with_its_current_default():
