@@ -143,7 +143,7 @@ def build_notes(recipe: dict) -> str:
 
 A {m['parameters']:,}-parameter Qwen2 ({m['hidden_size']} hidden, {m['num_hidden_layers']} layers, \
 {m['num_attention_heads']} heads, tied embeddings) that answers compact Countdown prompts:
-`3 7 12=19:` -> `<answer>7+12</answer><|endoftext|>`. Made by this project from synthetic data only.
+`3 7 12=22:` -> `<answer>12+7+3</answer><|endoftext|>`. Made by this project from synthetic data only.
 
 - Problems: 3 numbers in {p['min_value']}..{p['max_value']}, targets {p['min_target']}..{p['max_target']}.
 - Held-out set: `generate_problems({h['n']}, seed={h['seed']}, min_numbers=3, max_numbers=3, \

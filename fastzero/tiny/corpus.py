@@ -1,6 +1,6 @@
 """Synthetic pretraining corpus for the embedded tiny Countdown model.
 
-Every document is one `compact` prompt and one answer: "3 7 12=19:" + "<answer>7+12</answer>" (the
+Every document is one `compact` prompt and one answer: "3 7 12=22:" + "<answer>12+7+3</answer>" (the
 tokenizer appends EOS). Two kinds are mixed:
 - correct: a solvable problem and one of its solutions, drawn uniformly from ALL solutions, so the
   model sees many ways to reach a target instead of one canonical form;

@@ -4,7 +4,7 @@ synthetic corpus.
 Pre-tokenization keeps a whole integer as ONE token ("12", not "1" "2"): the tiny model then learns
 arithmetic facts between numbers instead of carrying digits, which it cannot do in a few minutes of
 CPU. The tags <answer> </answer> <think> </think> are single tokens too; every other character
-(space, "=", ":", operators, brackets) is a token of its own. So a compact prompt "3 7 12=19:" is
+(space, "=", ":", operators, brackets) is a token of its own. So a compact prompt "3 7 12=22:" is
 always 8 tokens, whatever the number of digits, and prompts never need padding.
 
 Special tokens (ids fixed, first in the vocabulary):

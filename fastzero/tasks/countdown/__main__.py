@@ -3,7 +3,7 @@
     python -m fastzero.tasks.countdown generate --n 327680 --out data/train.parquet \\
         --test-n 1024 --test-out data/test.parquet
     python -m fastzero.tasks.countdown solve 3 7 12 --target 19
-    python -m fastzero.tasks.countdown score --numbers 3 7 12 --target 19 "<answer>7+12</answer>"
+    python -m fastzero.tasks.countdown score --numbers 3 7 12 --target 22 "<answer>12+7+3</answer>"
     python -m fastzero.tasks.countdown show data/train.parquet --head 5 --template compact
 
 Every argument is checked before any work starts; errors name the option. The `instruct` template
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     solve.add_argument("--target", type=_non_negative, required=True)
 
     score = commands.add_parser("score", help="print the reward of one response")
-    score.add_argument("response", help='the model\'s text, e.g. "<answer>7+12</answer>"')
+    score.add_argument("response", help='the model\'s text, e.g. "<answer>12+7+3</answer>"')
     score.add_argument("--numbers", type=_non_negative, nargs="+", required=True)
     score.add_argument("--target", type=_non_negative, required=True)
     score.add_argument("--format-score", type=float, default=0.1)
