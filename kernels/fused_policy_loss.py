@@ -71,7 +71,7 @@ if triton_importable():
     import triton
     import triton.language as tl
 
-    from fastzero.kernels.policy_loss import _kl_and_grad
+    from fastzero.kernels.policy_loss import _clipped_pg, _kl_and_grad
 
     # The same row indices as Triton compile-time constants: a kernel may only read globals that
     # are tl.constexpr objects (the interpreter does not enforce it; the GPU compiler does).
@@ -100,17 +100,10 @@ if triton_importable():
         ent = tl.load(entropy_ptr + offs, mask=inside, other=0.0)
         old = tl.load(old_ptr + offs, mask=inside, other=0.0)
         adv = tl.load(adv_ptr + offs, mask=inside, other=0.0)
-        ratio = tl.exp(lp - old)
-        clipped = ((adv > 0) & (ratio > 1.0 + clip_high)) | ((adv < 0) & (ratio < 1.0 - clip_low))
-        clipped_ratio = tl.minimum(tl.maximum(ratio, 1.0 - clip_low), 1.0 + clip_high)
-        loss = tl.maximum(-adv * ratio, -adv * clipped_ratio)
-        zeroed = clipped
+        ratio, loss, dlogp, clipped, dual = _clipped_pg(lp, old, adv, clip_low, clip_high, dual_clip,
+                                                        HAS_DUAL_CLIP)
         if HAS_DUAL_CLIP:
-            dual = (adv < 0) & (ratio > dual_clip)
-            loss = tl.where(dual, -adv * dual_clip, loss)
-            zeroed = zeroed | dual
             tl.store(terms_ptr + _DUAL_ROW * terms_stride + offs, tl.where(valid & dual, 1.0, 0.0), mask=inside)
-        dlogp = tl.where(zeroed, 0.0, -adv * ratio)
         if HAS_REF:
             diff = lp - tl.load(ref_ptr + offs, mask=inside, other=0.0)
             kl, dkl = _kl_and_grad(diff, KL_TYPE)

@@ -141,6 +141,25 @@ if triton_importable():
     import triton.language as tl
 
     @triton.jit
+    def _clipped_pg(lp, old, adv, clip_low, clip_high, dual_clip, HAS_DUAL_CLIP: tl.constexpr):
+        """PPO's clipped policy-gradient term per token, and its derivative in logp.
+
+        Returns (ratio, loss, dloss/dlogp, clipped, dual): `clipped`/`dual` mark tokens whose gradient
+        the ordinary / dual clip zeroes (dual is all False without a dual clip). Shared by this
+        kernel and the fused hidden-states loss (kernels/fused_policy_loss.py).
+        """
+        ratio = tl.exp(lp - old)
+        clipped = ((adv > 0) & (ratio > 1.0 + clip_high)) | ((adv < 0) & (ratio < 1.0 - clip_low))
+        clipped_ratio = tl.minimum(tl.maximum(ratio, 1.0 - clip_low), 1.0 + clip_high)
+        loss = tl.maximum(-adv * ratio, -adv * clipped_ratio)
+        dual = clipped & (ratio != ratio)  # all False (ratio is never NaN here)
+        if HAS_DUAL_CLIP:
+            dual = (adv < 0) & (ratio > dual_clip)
+            loss = tl.where(dual, -adv * dual_clip, loss)
+        dlogp = tl.where(clipped | dual, 0.0, -adv * ratio)
+        return ratio, loss, dlogp, clipped, dual
+
+    @triton.jit
     def _kl_and_grad(diff, KL_TYPE: tl.constexpr):
         """KL estimate to the reference and its derivative in logp, from diff = logp - ref_logp.
 
@@ -195,17 +214,10 @@ if triton_importable():
             old = tl.load(old_ptr + offs, mask=valid, other=0.0).to(tl.float32)
             adv = tl.load(adv_ptr + row * adv_stride_b + cols * adv_stride_t, mask=valid, other=0.0)
             adv = adv.to(tl.float32)
-            ratio = tl.exp(lp - old)
-            clipped = ((adv > 0) & (ratio > 1.0 + clip_high)) | ((adv < 0) & (ratio < 1.0 - clip_low))
-            clipped_ratio = tl.minimum(tl.maximum(ratio, 1.0 - clip_low), 1.0 + clip_high)
-            loss = tl.maximum(-adv * ratio, -adv * clipped_ratio)
-            zeroed = clipped
+            ratio, loss, dlogp, clipped, dual = _clipped_pg(lp, old, adv, clip_low, clip_high, dual_clip,
+                                                            HAS_DUAL_CLIP)
             if HAS_DUAL_CLIP:
-                dual = (adv < 0) & (ratio > dual_clip)
-                loss = tl.where(dual, -adv * dual_clip, loss)
-                zeroed = zeroed | dual
                 acc_dual += tl.where(valid & dual, 1.0, 0.0)
-            dlogp = tl.where(zeroed, 0.0, -adv * ratio)
             if HAS_REF:
                 diff = lp - tl.load(ref_ptr + offs, mask=valid, other=0.0).to(tl.float32)
                 kl, dkl = _kl_and_grad(diff, KL_TYPE)
