@@ -22,7 +22,7 @@ from a unit upstream gradient. Candidates: ours fused one-pass (fused_linear_pol
 two-pass (fused_logprobs + policy_loss: the backward recomputes the logits), eager (materialized
 logits + reference.policy_loss), and Liger's LigerFusedLinearGRPOLoss (compiled on GPU, compiled=False
 on CPU), mapped as loss_type="bnpo" (token mean over the micro-batch) = our token-mean, beta = kl_coef,
-epsilon_low/high = clip_low/high (tests/test_fused_policy_loss.py checks this map numerically). The
+epsilon_low/high = clip_low/high (tests/kernels/test_fused_policy_loss.py checks this map numerically). The
 FLOP floor here is 6*N*H*V (logits, grad_hidden, grad_weight: what one pass needs); ratios are
 against Liger. Tokens come as sequences of LOSS_SEQ_LEN with random right padding (lengths in
 [T/2, T]); padded tokens cost every candidate the same.

@@ -1,7 +1,7 @@
 """Rollouts with SGLang's offline Engine, colocated with the trainer on the same GPU(s).
 
 Written against sglang 0.5.23 and checked name by name against the installed package
-(tests/test_rollout_sglang.py::test_calls_match_installed_sglang_api, run in a venv that has it).
+(tests/rollout/test_sglang.py::test_calls_match_installed_sglang_api, run in a venv that has it).
 SGLang cannot start on a machine without CUDA, so the adapter's logic is tested with a stand-in
 engine passed through `engine_factory`; the real Engine never ran here.
 

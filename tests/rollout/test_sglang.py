@@ -1,7 +1,7 @@
 """The SGLang adapter: its logic against a stand-in engine that records every call (SGLang cannot
 start without CUDA), and every name it uses against the installed sglang package (skipped, with the
 reason, where sglang is not importable; run it with a venv that has sglang:
-`PYTHONPATH=. /path/to/sglang-venv/bin/python -m pytest tests/test_rollout_sglang.py`)."""
+`PYTHONPATH=. /path/to/sglang-venv/bin/python -m pytest tests/rollout/test_sglang.py`)."""
 from __future__ import annotations
 
 import importlib.util
