@@ -16,9 +16,12 @@ The traces are deliberately a poor teacher, so that the base model is weak and R
 - arithmetic is often wrong: each stated value is off by 1-3 with probability `error_rate`;
 - search is mostly shallow: a `shallow` trace writes 1-2 candidates whatever they reach (1 most of the
   time), and only a `deep` trace keeps trying until a candidate states the target;
-- answers are often unverified: a shallow trace answers with its last candidate, or with another
-  candidate, or with an expression it never computed; a deep trace answers with the candidate that
-  stated the target (or, failing that, like a shallow one).
+- answers are often unverified: a shallow trace answers with its last candidate whatever it reached
+  (or, by default 10% of the time, with an expression it never computed); a deep trace answers with
+  the candidate that stated the target (or, failing that, like a shallow one).
+An earlier version answered shallow traces with a fresh expression 30% of the time: RL on that model
+learned to answer without looking at its think block (fewer equations, worse arithmetic), so the
+answer now follows the think block and the think block is what RL can improve.
 So the base model's greedy habit is one candidate and its expression, right or not; the better policy
 (keep searching while nothing reached the target, compute right, answer with the candidate that did)
 is in the data, and therefore in the model, but rare. Nothing rewards the think block itself: the
@@ -45,9 +48,9 @@ class TraceShape:
     max_candidates: int = 4  # a deep trace gives up after this many
     two_candidate_rate: float = 0.2  # shallow traces with 2 candidates instead of 1
     solution_rate: float = 0.2  # candidates drawn from the problem's solutions instead of at random
-    error_rate: float = 0.15  # stated values off by 1-3
-    last_answer_rate: float = 0.6  # shallow: answer = the last candidate
-    other_answer_rate: float = 0.1  # shallow: answer = an earlier candidate (else a fresh random one)
+    error_rate: float = 0.1  # stated values off by 1-3
+    last_answer_rate: float = 0.9  # shallow: answer = the last candidate, reached the target or not
+    other_answer_rate: float = 0.0  # shallow: answer = an earlier candidate (else a fresh random one)
     max_value_in_think: int = 400  # candidates keep every intermediate value in 0..this
 
     def __post_init__(self) -> None:

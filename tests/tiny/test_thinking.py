@@ -76,9 +76,9 @@ def test_default_traces_are_a_poor_teacher():
     # deep trace (25%) never stated the target.
     assert shares[1] > 0.6 and shares[4] < 0.25 and max(candidates) <= 4
     assert row["think/equations"] == pytest.approx(2 * sum(candidates) / len(candidates))
-    # Two values per candidate, each wrong 15% of the time (a wrong first value can still make the
-    # second one right only by chance).
-    assert 0.8 < row["think/arithmetic_right"] < 0.9
+    # Two values per candidate, each wrong 10% of the time (a wrong first value is carried on: the
+    # second is then computed right from it).
+    assert 0.85 < row["think/arithmetic_right"] < 0.95
     assert row["think/search_success"] < 0.5
     assert row["think/verified"] < 0.9  # some right answers were never computed
 
