@@ -64,6 +64,7 @@ class SandboxOptions:
     fallback: float = 0.0  # the reward of a sample that timed out or failed
     per_sample: bool = False  # f(response, problem) instead of f(responses, problems)
     stall_seconds: float = 120.0  # watchdog: no progress for this long raises RewardStalled
+    cpu_seconds: int = 0  # CPU seconds for one call of the user's function (0 = the timeout, rounded up)
 
     def __post_init__(self) -> None:
         if not (self.timeout > 0 and math.isfinite(self.timeout)):
@@ -74,6 +75,8 @@ class SandboxOptions:
             raise ValueError(f"--reward-workers: must be >= 0, got {self.workers}")
         if not math.isfinite(self.fallback):
             raise ValueError(f"--reward-fallback: must be finite, got {self.fallback}")
+        if self.cpu_seconds < 0:
+            raise ValueError(f"cpu_seconds: must be >= 0, got {self.cpu_seconds}")
         if not self.stall_seconds > self.timeout:
             raise ValueError(f"--reward-stall-seconds: must exceed --reward-timeout ({self.timeout}), "
                              f"got {self.stall_seconds}")
@@ -145,7 +148,7 @@ class RewardSandbox:
         check_spec(spec, "--reward")
         self.spec, self.options = spec, options
         self._init = {"spec": spec, "per_sample": options.per_sample, "memory_mb": options.memory_mb,
-                      "cpu_seconds": max(1, math.ceil(options.timeout))}
+                      "cpu_seconds": options.cpu_seconds or max(1, math.ceil(options.timeout))}
         self.workers: list[_Worker] = []
         self._reaping: list[subprocess.Popen] = []  # killed workers not yet waited for
         self.startup_seconds = 0.0  # the slowest worker's start, measured (tests derive margins from it)

@@ -77,7 +77,7 @@ def _limit_memory(memory_mb: int) -> None:
 
 def _limit_cpu(cpu_seconds: int) -> None:
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    soft = int(usage.ru_utime + usage.ru_stime) + cpu_seconds + 1
+    soft = math.ceil(usage.ru_utime + usage.ru_stime + cpu_seconds)  # whole seconds: between 1x and 1x + 1 s
     _, hard = resource.getrlimit(resource.RLIMIT_CPU)
     if hard != resource.RLIM_INFINITY:
         soft = min(soft, hard)
