@@ -111,7 +111,8 @@ class _Worker:
         with child:
             self.proc = subprocess.Popen([sys.executable, "-m", "fastzero.tasks.sandbox_worker", str(child.fileno())],
                                          pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                                         start_new_session=True)  # its own process group: see kill()
         self.conn = Connection(parent.detach())
         self.conn.send(init)
         self.state, self.started = "starting", time.monotonic()
@@ -120,9 +121,10 @@ class _Worker:
         self.deadline = math.inf
 
     def kill(self) -> None:
+        """SIGKILL to the worker's whole process group: processes the user's function started go too."""
         try:
-            self.proc.kill()
-        except OSError:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except OSError:  # already gone
             pass
         self.conn.close()
         self.state = "dead"

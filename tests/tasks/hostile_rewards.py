@@ -64,3 +64,12 @@ if os.environ.get("FASTZERO_TEST_HANG_FLAG") and os.path.exists(os.environ["FAST
     time.sleep(10**6)  # importing this module hangs once the flag file exists
 if os.environ.get("FASTZERO_TEST_IMPORT_FAILS"):
     raise ImportError("this module refuses to load")
+
+
+def spawn_and_hang(response, problem):
+    """Starts a child that would outlive its worker, records its pid, then hangs."""
+    import subprocess
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(10**6)"])
+    with open(response, "w") as f:
+        f.write(str(child.pid))
+    time.sleep(10**6)

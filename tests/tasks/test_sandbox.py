@@ -84,6 +84,26 @@ def test_more_hanging_samples_than_workers(per_sample_pool):
     assert elapsed <= per_sample_pool.bound(rounds=2, restarts=2)  # 4 hangs over 2 workers: 2 rounds
 
 
+def test_timeout_kills_what_the_reward_started(tmp_path):
+    pid_file = tmp_path / "child.pid"
+    options = SandboxOptions(workers=1, timeout=TIMEOUT, per_sample=True)
+    with RewardSandbox(f"{HOSTILE}:spawn_and_hang", options) as sandbox:
+        assert sandbox.score([str(pid_file)], [{}]).timeouts == 1
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + 5.0
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not _alive(child)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie is dead, awaiting its reaper
+    except FileNotFoundError:
+        return False
+
+
 def test_printing_megabytes(per_sample_pool, batch_pool):
     for pool in (per_sample_pool, batch_pool):
         result, elapsed = pool.measure(["print", "ab", "print"], [{}] * 3)
