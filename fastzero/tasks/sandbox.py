@@ -46,6 +46,11 @@ from .spec import check_spec
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 _MAX_AUTO_WORKERS = 16
 _PER_SAMPLE_CHUNKS_PER_WORKER = 4  # small chunks balance load; a crash then loses little
+# A per-sample chunk's results must fit in the results socket's buffer, so that a worker never blocks
+# sending them while the trainer is not reading (the next sample's deadline counts from when the last
+# one finished). Linux's default 208 KiB buffer holds ~270 small messages (each costs ~770 bytes of
+# kernel buffer), ~130 with the longest error texts; 64 leaves room.
+_PER_SAMPLE_MAX_CHUNK = 64
 
 
 class RewardLoadError(ValueError):
@@ -103,17 +108,18 @@ class _Worker:
     """One worker process and what it is doing: starting, idle, or busy with a chunk of indices."""
 
     def __init__(self, init: dict[str, Any]):
-        parent, child = socket.socketpair()
+        (parent, child), (results, results_child) = socket.socketpair(), socket.socketpair()
         env = dict(os.environ)
         for name in _THREAD_VARS:
             env.setdefault(name, "1")
         env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p or os.curdir) for p in sys.path)
-        with child:
-            self.proc = subprocess.Popen([sys.executable, "-m", "fastzero.tasks.sandbox_worker", str(child.fileno())],
-                                         pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
+        fds = (child.fileno(), results_child.fileno())
+        with child, results_child:
+            self.proc = subprocess.Popen([sys.executable, "-m", "fastzero.tasks.sandbox_worker", *map(str, fds)],
+                                         pass_fds=fds, stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                                          start_new_session=True)  # its own process group: see kill()
-        self.conn = Connection(parent.detach())
+        self.conn, self.results = Connection(parent.detach()), Connection(results.detach())
         self.conn.send(init)
         self.state, self.started = "starting", time.monotonic()
         self.chunk: list[int] = []
@@ -127,6 +133,7 @@ class _Worker:
         except OSError:  # already gone
             pass
         self.conn.close()
+        self.results.close()
         self.state = "dead"
 
 
@@ -212,6 +219,8 @@ class RewardSandbox:
         call = self._call
         parts = len(self.workers) * (_PER_SAMPLE_CHUNKS_PER_WORKER if self.options.per_sample else 1)
         size = max(1, math.ceil(n / parts))
+        if self.options.per_sample:
+            size = min(size, _PER_SAMPLE_MAX_CHUNK)
         call.queue.extend(list(range(i, min(n, i + size))) for i in range(0, n, size))
         while call.unresolved:
             for w in self.workers:
@@ -224,6 +233,9 @@ class RewardSandbox:
                 w = next(w for w in live if w.conn is conn)
                 while w.state in ("starting", "busy") and w.conn.poll():
                     self._on_message(w, call)
+            for w in self.workers:
+                if w.state == "busy":
+                    self._drain(w, call)
             now = time.monotonic()
             for w in self.workers:
                 if w.state == "busy" and now >= w.deadline:
@@ -266,23 +278,35 @@ class RewardSandbox:
         elif kind == "load_error":
             self.close()
             raise RewardLoadError(f"--reward {self.spec}: {message[1]}")
-        elif kind == "sample":
-            call.resolve(w.chunk[w.done], message[1], message[2])
-            w.done += 1
-            w.deadline = time.monotonic() + self.options.timeout
-            if w.done == len(w.chunk):
-                w.state, w.deadline = "idle", math.inf
+        elif kind == "done":
+            self._drain(w, call)
+            w.state, w.deadline = "idle", math.inf
         elif kind == "batch":
             for i, (value, error) in zip(w.chunk, message[1]):
                 call.resolve(i, value, error)
             w.done, w.state, w.deadline = len(w.chunk), "idle", math.inf
         elif kind == "retire":  # it exits by itself after a MemoryError: the rest of its chunk moves on
+            self._drain(w, call)
             if w.done < len(w.chunk):
                 call.queue.appendleft(w.chunk[w.done:])
             self._replace(w)
 
+    def _drain(self, w: _Worker, call: "_Call") -> None:
+        """Per-sample results the worker has sent so far; the next sample's deadline counts from when
+        the last one finished (the worker's own clock reading)."""
+        try:
+            while w.done < len(w.chunk) and w.results.poll():
+                value, error, finished_at = w.results.recv()
+                call.resolve(w.chunk[w.done], value, error)
+                w.done += 1
+                w.deadline = finished_at + self.options.timeout
+        except (EOFError, OSError):  # it died; what it sent before is in, the rest is for _lose_worker
+            pass
+
     def _lose_worker(self, w: _Worker, call: "_Call", *, timed_out: bool, reason: str) -> None:
         """The worker is gone (killed on timeout, or it died): the sample(s) in flight fail, the rest move on."""
+        if w.state == "busy":
+            self._drain(w, call)
         was_busy = w.state == "busy"
         w.kill()
         if was_busy and w.done < len(w.chunk):

@@ -1,13 +1,18 @@
 """A reward sandbox worker process: loads the user's reward function, then scores what it is sent.
 
-Started by `fastzero.tasks.sandbox` as `python -m fastzero.tasks.sandbox_worker FD` with stdout and
-stderr discarded; FD is its end of a socket pair to the trainer. Stdlib only, so it starts fast.
+Started by `fastzero.tasks.sandbox` as `python -m fastzero.tasks.sandbox_worker CONTROL RESULTS` with
+stdout and stderr discarded; the two numbers are its ends of two socket pairs to the trainer. Stdlib
+only, so it starts fast.
 
-Protocol (pickled messages over the socket):
-  trainer -> worker: an init dict, then chunks `(responses, problems)`, then None to stop;
-  worker -> trainer: ("ready",) or ("load_error", text); per chunk either one ("sample", value,
-  error) per sample as each finishes (per-sample mode) or one ("batch", [(value, error), ...]);
-  ("retire",) before it exits by itself (after a MemoryError, to come back with a clean heap).
+Protocol (pickled messages):
+  trainer -> worker (control): an init dict, then chunks `(responses, problems)`, then None to stop;
+  worker -> trainer (control): ("ready",) or ("load_error", text); per chunk ("done",) in per-sample
+  mode or ("batch", [(value, error), ...]) in batch mode; ("retire",) before it exits by itself
+  (after a MemoryError, to come back with a clean heap);
+  worker -> trainer (results, per-sample mode): (value, error, finished_at) as each sample finishes.
+  The trainer does not wake for these (that costs a context switch per sample); it reads them when
+  it wakes for a control message or a deadline, and `finished_at` (CLOCK_MONOTONIC, shared by all
+  processes) tells it exactly when the next sample started, hence its deadline.
 Every value is checked here: only a finite float or an error text crosses the socket.
 
 Limits (`resource`, Linux): the address space is capped at what the worker holds after loading the
@@ -24,6 +29,7 @@ import os
 import resource
 import signal
 import sys
+import time
 import traceback
 from multiprocessing.connection import Connection
 
@@ -75,13 +81,22 @@ def _limit_memory(memory_mb: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
-def _limit_cpu(cpu_seconds: int) -> None:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    soft = math.ceil(usage.ru_utime + usage.ru_stime + cpu_seconds)  # whole seconds: between 1x and 1x + 1 s
-    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
-    if hard != resource.RLIM_INFINITY:
-        soft = min(soft, hard)
-    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+class _CpuLimit:
+    """Before each call: at most `seconds` more CPU time (the soft RLIMIT_CPU, in whole seconds, so
+    between `seconds` and `seconds + 1`). Set only when it changes: calls are often microseconds."""
+
+    def __init__(self, seconds: int):
+        self.seconds, self.soft = seconds, None
+        self.hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+
+    def arm(self) -> None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        soft = math.ceil(usage.ru_utime + usage.ru_stime + self.seconds)
+        if self.hard != resource.RLIM_INFINITY:
+            soft = min(soft, self.hard)
+        if soft != self.soft:
+            resource.setrlimit(resource.RLIMIT_CPU, (soft, self.hard))
+            self.soft = soft
 
 
 def _call(fn, *args):
@@ -108,7 +123,7 @@ def _score_batch(fn, responses, problems):
     return [(None, error)] * len(responses), out_of_memory
 
 
-def serve(conn: Connection) -> None:
+def serve(conn: Connection, results: Connection) -> None:
     init = conn.recv()
     try:
         fn = load_object(init["spec"], "--reward")
@@ -116,6 +131,7 @@ def serve(conn: Connection) -> None:
         conn.send(("load_error", describe(err) if not isinstance(err, ValueError) else str(err)))
         return
     _limit_memory(init["memory_mb"])
+    cpu_limit = _CpuLimit(init["cpu_seconds"])
     conn.send(("ready",))
     while True:
         try:
@@ -127,15 +143,16 @@ def serve(conn: Connection) -> None:
         responses, problems = chunk
         if init["per_sample"]:
             for response, problem in zip(responses, problems):
-                _limit_cpu(init["cpu_seconds"])
+                cpu_limit.arm()
                 result, error, out_of_memory = _call(fn, response, problem)
                 value, error = as_reward(result) if error is None else (None, error)
-                conn.send(("sample", value, error))
+                results.send((value, error, time.monotonic()))
                 if out_of_memory:
                     conn.send(("retire",))
                     return
+            conn.send(("done",))
         else:
-            _limit_cpu(init["cpu_seconds"])
+            cpu_limit.arm()
             results, out_of_memory = _score_batch(fn, responses, problems)
             conn.send(("batch", results))
             if out_of_memory:
@@ -147,9 +164,9 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    conn = Connection(int(sys.argv[1]))
+    conn, results = Connection(int(sys.argv[1])), Connection(int(sys.argv[2]))
     try:
-        serve(conn)
+        serve(conn, results)
     except (EOFError, BrokenPipeError, ConnectionResetError):  # the trainer went away
         pass
     finally:
