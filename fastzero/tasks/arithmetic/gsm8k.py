@@ -16,6 +16,8 @@ import json
 import os
 from typing import Any, Iterable
 
+from fastzero.atomic import atomic_write_text
+
 from ..base import LoadReport
 from ..rows import read_file
 from .checker import parse_integer
@@ -64,8 +66,6 @@ def gsm8k_row(problem: WordProblem) -> dict[str, Any]:
 
 def save_gsm8k(problems: Iterable[WordProblem], path: str | os.PathLike) -> None:
     """Write a GSM8K-format .jsonl file atomically (readers see the old file or the new one)."""
-    from fastzero.checkpoint import atomic_write_text
-
     path = os.fspath(path)
     if not path.endswith(".jsonl"):
         raise ValueError(f"{path}: GSM8K files are written as .jsonl")
