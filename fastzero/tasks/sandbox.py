@@ -277,7 +277,7 @@ class RewardSandbox:
                 call.progress_at = time.monotonic()
         elif kind == "load_error":
             self.close()
-            raise RewardLoadError(f"--reward {self.spec}: {message[1]}")
+            raise RewardLoadError(message[1])
         elif kind == "done":
             self._drain(w, call)
             w.state, w.deadline = "idle", math.inf

@@ -125,10 +125,11 @@ def _score_batch(fn, responses, problems):
 
 def serve(conn: Connection, results: Connection) -> None:
     init = conn.recv()
+    option = f"--reward {init['spec']}"
     try:
-        fn = load_object(init["spec"], "--reward")
-    except BaseException as err:
-        conn.send(("load_error", describe(err) if not isinstance(err, ValueError) else str(err)))
+        fn = load_object(init["spec"], option)
+    except BaseException as err:  # a ValueError from load_object already names the option
+        conn.send(("load_error", str(err) if isinstance(err, ValueError) else f"{option}: {describe(err)}"))
         return
     _limit_memory(init["memory_mb"])
     cpu_limit = _CpuLimit(init["cpu_seconds"])

@@ -73,3 +73,21 @@ def spawn_and_hang(response, problem):
     with open(response, "w") as f:
         f.write(str(child.pid))
     time.sleep(10**6)
+
+
+def always_hang(responses, problems):
+    time.sleep(10**6)
+
+
+_calls = 0
+
+
+def hang_from_third_call(responses, problems):
+    """Scores the first two calls (the start evaluation, step 1); the third creates the hang flag and
+    hangs, so the replacement worker hangs while importing this module: the pool stalls."""
+    global _calls
+    _calls += 1
+    if _calls >= 3:
+        open(os.environ["FASTZERO_TEST_HANG_FLAG"], "w").close()
+        time.sleep(10**6)
+    return [0.0] * len(responses)
