@@ -73,10 +73,7 @@ def trim_stop(responses: list[list[int]], stop_ids: Sequence[int]) -> list[list[
 
 
 def countdown_scorer(*, format_score: float, correct_score: float) -> Scorer:
-    """Countdown's reward (fastzero.tasks.countdown.verifier.score_batch) as a Scorer."""
-    from .tasks.countdown.verifier import score_batch
+    """Countdown's reward (the C++ verifier, through fastzero.tasks.countdown.task) as a Scorer."""
+    from .tasks.countdown.task import CountdownTask
 
-    def score(texts: list[str], problems: list[Any]) -> list[float]:
-        return score_batch(texts, [p.numbers for p in problems], [p.target for p in problems],
-                           format_score=format_score, correct_score=correct_score)
-    return score
+    return CountdownTask(format_score=format_score, correct_score=correct_score).score_batch

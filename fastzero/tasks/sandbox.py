@@ -215,6 +215,9 @@ class RewardSandbox:
         n = len(responses)
         if not self.workers:
             raise RuntimeError("the reward sandbox is closed")
+        for w in list(self.workers):
+            if w.state == "busy":  # left over from a call that was interrupted: its results are stale
+                self._replace(w)
         self._call = _Call(list(responses), list(problems), self.options)
         call = self._call
         parts = len(self.workers) * (_PER_SAMPLE_CHUNKS_PER_WORKER if self.options.per_sample else 1)

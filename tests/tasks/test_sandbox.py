@@ -229,6 +229,19 @@ def test_watchdog_when_workers_never_start(monkeypatch, tmp_path, per_sample_poo
     assert time.monotonic() - started <= 1.5 + per_sample_pool.bound(rounds=0, restarts=0)
 
 
+def test_a_call_interrupted_midway_leaves_no_stale_results(monkeypatch):
+    options = SandboxOptions(workers=1, timeout=5.0, per_sample=True)
+    with RewardSandbox(f"{HOSTILE}:per_sample", options) as sandbox:
+        original = sandbox._drain
+        def interrupt(*args):  # the trainer's Ctrl-C arriving while a chunk is in flight
+            raise KeyboardInterrupt
+        monkeypatch.setattr(sandbox, "_drain", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            sandbox.score(["a", "bb", "ccc"], [{}] * 3)
+        monkeypatch.setattr(sandbox, "_drain", original)
+        assert sandbox.score(["dddd"], [{}]).rewards == [4.0]
+
+
 def test_options_are_checked():
     for bad, option in [(dict(timeout=0), "--reward-timeout"), (dict(timeout=math.inf), "--reward-timeout"),
                         (dict(memory_mb=-1), "--reward-memory-mb"), (dict(workers=-1), "--reward-workers"),

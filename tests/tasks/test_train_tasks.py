@@ -94,8 +94,6 @@ def test_hostile_reward_cannot_stall_a_step(tmp_path):
     assert [r["reward/timeouts"] for r in steps] == [SEQUENCES, SEQUENCES]
     assert all(r["reward/errors"] == 0 and r["reward/mean"] == 0.0 for r in steps)
     assert rows[-1]["eval/reward_timeouts"] == SEQUENCES and rows[-1]["eval/accuracy"] == 0.0
-    # Batch mode, 2 workers: each step's reward phase is one round of timeouts plus restarts.
-    assert all(r["time/reward"] < 0.5 + 5.0 for r in steps)
 
 
 def test_stalled_reward_stops_with_a_checkpoint(tmp_path, monkeypatch, capsys):
