@@ -9,6 +9,7 @@ import torch
 
 from fastzero.algorithms import (ALGORITHMS, GROUP_METHODS, compute_advantages, rows_without_gradient,
                                  token_rewards, value_loss)
+from fastzero.kernels.aggregation import token_weights
 
 # fp32 results of O(T)-long sums against float64 oracles: a few ulps per term
 ATOL = 64 * torch.finfo(torch.float32).eps
@@ -136,3 +137,8 @@ def test_value_loss_is_the_clipped_token_mean():
             count += 1
     assert float(loss) == pytest.approx(expected / count, rel=1e-12)
     assert clip_frac == pytest.approx(clipped / count)
+    # with the mini-batch's token-mean weights, two halves add up to the whole
+    weights = token_weights(mask, "token-mean").double()
+    halves = [value_loss(values[rows], old[rows], returns[rows], mask[rows], 0.2, token_weight=weights[rows])[0]
+              for rows in (slice(0, 1), slice(1, 3))]
+    assert float(sum(halves)) == pytest.approx(expected / count, rel=1e-12)
