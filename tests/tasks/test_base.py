@@ -81,3 +81,22 @@ def test_spec_shape():
         with pytest.raises(ValueError, match="--reward"):
             check_spec(bad, "--reward")
     assert load_object("json:dumps", "--reward") is json.dumps
+
+
+@pytest.mark.parametrize("name", list(BUILTIN_TASKS))
+def test_instruct_template_goes_through_the_chat_template(name):
+    from transformers import AutoTokenizer
+
+    from fastzero.config import EMBEDDED_MODEL, resolve_model_path
+    from fastzero.tasks.templates import ASSISTANT_PREFILL, SYSTEM
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(EMBEDDED_MODEL), local_files_only=True)
+    task = resolve_task(name, **SMALL[name])
+    problem = task.generate(1, seed=0)[0]
+    with pytest.raises(ValueError, match="chat template"):
+        task.render_prompt(problem, "instruct", tokenizer)  # the tiny tokenizer has none
+    tokenizer.chat_template = ("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
+                               "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    text = task.render_prompt(problem, "instruct", tokenizer)
+    request = task.render_prompt(problem, "base").split("\nUser: ", 1)[1].split("\nAssistant:", 1)[0]
+    assert text == f"<|system|>{SYSTEM}\n<|user|>{request}\n<|assistant|>{ASSISTANT_PREFILL}"
