@@ -35,19 +35,27 @@ import math
 import numbers as _numbers
 import os
 import random
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from fastzero.atomic import atomic_file
+
+from ..base import LoadReport
+from ..rows import FILE_SUFFIXES, read_file
+
 log = logging.getLogger(__name__)
 
 MAX_NUMBERS = 6  # the C++ solver is exhaustive up to this many numbers
 MAX_VALUE = 10**9  # numbers and targets; the solver's exact rationals stay below 2**62
-FILE_SUFFIXES = (".jsonl", ".parquet")
 Key = tuple[tuple[int, ...], int]
+
+
+def problem_key(numbers: Sequence[int], target: int) -> Key:
+    """What makes two problems the same: the numbers as a multiset, and the target."""
+    return tuple(sorted(int(n) for n in numbers)), int(target)
 
 
 def _as_count(value: Any, what: str) -> int:
@@ -81,8 +89,8 @@ class Problem:
 
     @property
     def key(self) -> Key:
-        """What makes two problems the same: the numbers as a multiset, and the target."""
-        return tuple(sorted(self.numbers)), self.target
+        """What makes two problems the same (see problem_key)."""
+        return problem_key(self.numbers, self.target)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,13 +142,6 @@ def _exclusion_keys(exclude: Iterable[Problem | Key]) -> set[Key]:
     return keys
 
 
-def _usable_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))  # honours taskset/cgroup pinning
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
 def _solvable_flags(candidates: list[tuple[list[int], int]], pool: ThreadPoolExecutor, threads: int) -> list[bool]:
     """Which candidates the exact C++ solver can solve. Its calls release the GIL, so threads
     overlap them; a 4-number call costs ~40 us, mostly spent proving there is no solution."""
@@ -190,7 +191,9 @@ def generate_problems(
                 f"cannot make {n} problems: {needed[k]} of them get {k} numbers (sizes are drawn "
                 f"evenly) but only {ranges.size_count(k)} such problems exist in these ranges"
             )
-    threads = _usable_cores()
+    from fastzero.tasks.countdown.verifier import default_threads  # honours taskset/cgroup pinning
+
+    threads = default_threads()
     with ThreadPoolExecutor(max_workers=threads) as pool:
         check = functools.partial(_solvable_flags, pool=pool, threads=threads)
         streams = {}
@@ -315,14 +318,6 @@ def train_test_split(
 # Loading and saving
 
 
-@dataclasses.dataclass
-class LoadReport:
-    """What `read_problems` found: the good problems, and for each skipped row why."""
-
-    problems: list[Problem]
-    skipped: list[str] = dataclasses.field(default_factory=list)
-
-
 def _problem_from_row(row: Any) -> Problem:
     """Accept our layout, TinyZero's prepared layout, or its raw Countdown-Tasks-3to4 layout."""
     if not isinstance(row, dict):
@@ -348,55 +343,9 @@ def _problem_from_row(row: Any) -> Problem:
     return Problem(tuple(nums), fields["target"])
 
 
-def _jsonl_rows(path: Path) -> Iterable[tuple[str, Any]]:
-    with open(path, "rb") as f:  # bytes, so one line of bad UTF-8 is one bad row, not a crash
-        for lineno, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue  # blank lines (a trailing newline, a hand-edited file) are not rows
-            try:
-                yield f"line {lineno}", json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as e:
-                yield f"line {lineno}", ValueError(f"not UTF-8 text: {e.reason}")
-            except json.JSONDecodeError as e:
-                yield f"line {lineno}", ValueError(f"invalid JSON: {e.msg}")
-
-
-def _parquet_rows(path: Path) -> Iterable[tuple[str, Any]]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        names = pq.read_schema(path).names
-        wanted = [c for c in ("numbers", "nums", "target", "reward_model") if c in names]
-        if not wanted:
-            raise ValueError(f"{path}: no numbers/nums/target/reward_model column (found {names})")
-        rows = pq.read_table(path, columns=wanted).to_pylist()
-    except pa.ArrowException as e:
-        raise ValueError(f"{path}: not a readable parquet file: {e}") from None
-    for i, row in enumerate(rows):
-        yield f"row {i}", row
-
-
 def read_problems(path: str | os.PathLike, *, skip_bad: bool = False) -> LoadReport:
     """Problems from a .jsonl or .parquet file, with a report of the rows skipped (if `skip_bad`)."""
-    path = Path(path)
-    if path.suffix not in FILE_SUFFIXES:
-        raise ValueError(f"{path}: unknown file type {path.suffix!r}; use one of {', '.join(FILE_SUFFIXES)}")
-    if not path.is_file():
-        raise FileNotFoundError(f"no problem file at {path}")
-    rows = _jsonl_rows(path) if path.suffix == ".jsonl" else _parquet_rows(path)
-    report = LoadReport(problems=[])
-    for where, row in rows:
-        try:
-            if isinstance(row, Exception):
-                raise row
-            report.problems.append(_problem_from_row(row))
-        except ValueError as e:
-            message = f"{path}: {where}: {e}"
-            if not skip_bad:
-                raise ValueError(message) from None
-            report.skipped.append(message)
-    return report
+    return read_file(path, ("numbers", "nums", "target", "reward_model"), _problem_from_row, skip_bad=skip_bad)
 
 
 def load_problems(path: str | os.PathLike, *, skip_bad: bool = False) -> list[Problem]:
@@ -409,28 +358,17 @@ def load_problems(path: str | os.PathLike, *, skip_bad: bool = False) -> list[Pr
 
 
 def save_problems(problems: Iterable[Problem], path: str | os.PathLike) -> None:
-    """Write .jsonl or .parquet atomically: a temp file in the same folder, then os.replace, so a
-    reader never sees a half-written file and a failed write leaves any old file untouched."""
+    """Write .jsonl or .parquet atomically (fastzero.atomic): a reader never sees a half-written
+    file and a failed write leaves any old file untouched."""
     path = Path(path)
     if path.suffix not in FILE_SUFFIXES:
         raise ValueError(f"{path}: unknown file type {path.suffix!r}; use one of {', '.join(FILE_SUFFIXES)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    # Not mkstemp: its 0600 mode would survive os.replace; this way the umask decides, as for open().
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if path.suffix == ".jsonl":
-                for i, p in enumerate(problems):
-                    f.write(_jsonl_line(p, i).encode())
-            else:
-                _write_parquet(list(problems), f)
-            f.flush()
-            os.fsync(f.fileno())  # the data is on disk before the name points at it
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as f:
+        if path.suffix == ".jsonl":
+            for i, p in enumerate(problems):
+                f.write(_jsonl_line(p, i).encode())
+        else:
+            _write_parquet(list(problems), f)
 
 
 def _check_problem(p: Any, i: int) -> Problem:
