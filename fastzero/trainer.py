@@ -92,6 +92,7 @@ class Trainer:
             "response/length": generated / max(1, len(episodes)),
             "groups/zero_variance": _zero_variance_share(scores, r.samples_per_prompt),
             **episodes.reward_failures,
+            **self.response_metrics(episodes),
             **stats,
         }
         if kl is not None:
@@ -229,7 +230,15 @@ class Trainer:
             episodes = sample_episodes(self.engine, [self.data.prompt_ids(p) for p in problems], problems, params,
                                        decode=self.decode, scorer=self.scorer)
         failures = {"eval/" + name.replace("/", "_"): count for name, count in episodes.reward_failures.items()}
-        return {**held_out_result(episodes.scores, self.correct_reward), **failures}
+        signature = {"eval/" + name: value for name, value in self.response_metrics(episodes).items()}
+        if signature:  # a task that measures its responses (a thinking model): their length too
+            signature["eval/response/length"] = sum(map(len, episodes.response_ids)) / max(1, len(episodes))
+        return {**held_out_result(episodes.scores, self.correct_reward), **failures, **signature}
+
+    def response_metrics(self, episodes: Episodes) -> dict[str, float]:
+        """The task's own measures of the responses (fastzero.tasks.base.Task.response_metrics), if any."""
+        measure = getattr(getattr(self.scorer, "task", None), "response_metrics", None)
+        return dict(measure(episodes.texts, episodes.problems)) if measure is not None else {}
 
 
 def held_out_result(scores: list[float], correct_reward: float) -> dict[str, Any]:

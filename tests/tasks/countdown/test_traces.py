@@ -213,6 +213,19 @@ def test_batch_metrics_leave_out_empty_ratios():
     assert row["think/search_success"] == 0.5 and row["think/verified"] == 1.0
 
 
+def test_the_countdown_task_reports_the_signature_only_for_thinking_responses():
+    from fastzero.tasks.countdown.problems import Problem
+    from fastzero.tasks.countdown.task import CountdownTask
+
+    task, problems = CountdownTask(), [Problem((3, 7, 12), 22)] * 2
+    assert task.response_metrics(["<answer>12+7+3</answer>", "<answer>1</answer>"], problems) == {}
+    row = task.response_metrics(["<think>12+7=19 19+3=22</think><answer>12+7+3</answer>", "<answer>1</answer>"],
+                                problems)
+    assert row == trace_metrics(["<think>12+7=19 19+3=22</think><answer>12+7+3</answer>", "<answer>1</answer>"],
+                                [[3, 7, 12]] * 2, [22, 22])
+    assert row["think/has_think"] == 0.5 and row["think/verified"] == 1.0
+
+
 # ---- against the oracle ------------------------------------------------------------------------
 
 _PIECES = st.one_of(
