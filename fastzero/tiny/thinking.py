@@ -32,10 +32,11 @@ from __future__ import annotations
 import itertools
 import random
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Iterable, Sequence
 
 from fastzero.tasks.countdown.prompts import render_prompt
-from fastzero.tiny.corpus import ProblemKey, ProblemRanges, _left_tree, _right_tree, answer_text, problem_key
+from fastzero.tiny.corpus import ProblemKey, ProblemRanges, _apply, _left_tree, _right_tree, answer_text, problem_key
 
 OPS = ("+", "-", "*", "/")
 
@@ -93,13 +94,8 @@ class Chain:
 
 def _exact(op: str, a: int, b: int) -> int | None:
     """a op b when it is a whole number, else None."""
-    if op == "+":
-        return a + b
-    if op == "-":
-        return a - b
-    if op == "*":
-        return a * b
-    return a // b if b != 0 and a % b == 0 else None
+    value = _apply(op, Fraction(a), Fraction(b))
+    return int(value) if value is not None and value.denominator == 1 else None
 
 
 def all_chains(numbers: Sequence[int], max_value: int) -> list[Chain]:

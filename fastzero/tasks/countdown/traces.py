@@ -27,6 +27,7 @@ Definitions (tests/tasks/countdown/test_traces.py checks them against an indepen
 """
 from __future__ import annotations
 
+import operator
 import re
 from dataclasses import dataclass
 from fractions import Fraction
@@ -39,6 +40,7 @@ _RUN_CHARS = frozenset("0123456789+-*/() \t\n\r")
 _VALUE = re.compile(r"[ \t\n\r]*(-?\d+)")
 _TOKEN = re.compile(r"\d+|[+\-*/()]")
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
+_ARITHMETIC = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
 
 Tree = Union[int, tuple]  # an integer, or (operator, left tree, right tree)
 
@@ -126,15 +128,9 @@ def tree_value(tree: Tree) -> Fraction | None:
         return Fraction(tree)
     op, left, right = tree
     a, b = tree_value(left), tree_value(right)
-    if a is None or b is None:
+    if a is None or b is None or (op == "/" and b == 0):
         return None
-    if op == "+":
-        return a + b
-    if op == "-":
-        return a - b
-    if op == "*":
-        return a * b
-    return a / b if b != 0 else None
+    return _ARITHMETIC[op](a, b)
 
 
 def regrouped(tree: Tree | None):
