@@ -13,6 +13,7 @@ think/direct, and one JSON line at the end.
 
     python bench/bench_thinking.py                      # 10 RL minutes per arm
     python bench/bench_thinking.py --minutes 3 --arms think,direct
+    python bench/bench_thinking.py --out DIR --report     # re-read the runs of an earlier bench
 """
 from __future__ import annotations
 
@@ -23,7 +24,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 
 ARMS = {"think": ["--preset", "tiny-think"], "direct": ["--preset", "tiny-direct"]}
 SIGNATURE = ("response/length", "think/equations", "think/search_success", "think/verified",
@@ -34,11 +34,16 @@ def run_arm(name: str, args: argparse.Namespace, out_dir: str) -> dict:
     command = [sys.executable, "-m", "fastzero.train", *ARMS[name], "--time-limit-minutes", str(args.minutes),
                "--max-steps", str(args.max_steps), "--eval-every", str(args.eval_every), "--threads", str(args.threads),
                "--seed", str(args.seed), "--save-every", "0", "--progress", "false", "--output-dir", out_dir]
-    started = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
-    wall = time.perf_counter() - started
+    return read_arm(name, out_dir)
+
+
+def read_arm(name: str, out_dir: str) -> dict:
+    """An arm's curve from its run folder (metrics.jsonl; summary.json for the wall time)."""
     with open(os.path.join(out_dir, "metrics.jsonl")) as fh:
         rows = [json.loads(line) for line in fh]
+    with open(os.path.join(out_dir, "summary.json")) as fh:
+        wall = json.load(fh)["cost"]["wall_seconds"]
     return {"name": name, "wall_seconds": wall, "curve": curve(rows)}
 
 
@@ -53,11 +58,10 @@ def curve(rows: list[dict]) -> list[dict]:
         if "eval/accuracy" in row:
             point = {"step": row["step"], "minutes": rl_seconds / 60, "accuracy": row["eval/accuracy"]}
             for key in SIGNATURE:
-                eval_key = "eval/" + key.split("/", 1)[1] if key.startswith("think/") else None
-                if eval_key and eval_key in row:
-                    point["eval_" + key] = row[eval_key]
+                if "eval/" + key in row:  # the held-out responses' signature (greedy)
+                    point["eval/" + key] = row["eval/" + key]
                 values = [r[key] for r in window if key in r]
-                if values:
+                if values:  # the rollouts' (sampled) since the previous evaluation
                     point[key] = sum(values) / len(values)
             points.append(point)
             window = []
@@ -65,12 +69,17 @@ def curve(rows: list[dict]) -> list[dict]:
 
 
 def print_curve(result: dict) -> None:
+    """The curve; each signature column is `held-out (rollouts)`: greedy at the evaluation, and the
+    sampled rollouts' mean since the previous one."""
     print(f"\n{result['name']}: wall {result['wall_seconds']:.0f} s (everything included)")
-    keys = [k for k in SIGNATURE if any(k in p for p in result["curve"])]
-    print(f"{'step':>5} {'RL min':>7} {'accuracy':>9} " + " ".join(f"{k.split('/')[-1][:14]:>14}" for k in keys))
+    keys = [k for k in SIGNATURE if any(k in p or "eval/" + k in p for p in result["curve"])]
+    print(f"{'step':>5} {'RL min':>7} {'accuracy':>9} " + " ".join(f"{k.split('/')[-1][:15]:>15}" for k in keys))
     for p in result["curve"]:
-        print(f"{p['step']:5d} {p['minutes']:7.2f} {100 * p['accuracy']:8.1f}% "
-              + " ".join(f"{p[k]:14.3f}" if k in p else f"{'':>14}" for k in keys))
+        cells = []
+        for k in keys:
+            held_out = f"{p['eval/' + k]:.3f}" if "eval/" + k in p else "-"
+            cells.append(f"{held_out} ({p[k]:.3f})" if k in p else held_out)
+        print(f"{p['step']:5d} {p['minutes']:7.2f} {100 * p['accuracy']:8.1f}% " + " ".join(f"{c:>15}" for c in cells))
 
 
 def main() -> None:
@@ -82,7 +91,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--arms", default="think,direct", help=f"comma-separated, of {', '.join(ARMS)}")
     parser.add_argument("--out", default=None, help="where the runs go (default: a temporary folder)")
+    parser.add_argument("--report", action="store_true", help="only read the runs already in --out and report them")
     args = parser.parse_args()
+    if args.report and not args.out:
+        parser.error("--report needs --out (the folder of an earlier bench run)")
     arms = [a for a in args.arms.split(",") if a]
     unknown = [a for a in arms if a not in ARMS]
     if unknown or not arms:
@@ -92,7 +104,8 @@ def main() -> None:
           f"{platform.processor() or platform.machine()}, load {os.getloadavg()[0]:.1f}, runs in {root}")
     results = []
     for name in arms:
-        results.append(run_arm(name, args, os.path.join(root, name)))
+        out_dir = os.path.join(root, name)
+        results.append(read_arm(name, out_dir) if args.report else run_arm(name, args, out_dir))
         print_curve(results[-1])
     print(f"\n{'arm':<8}{'steps':>7}{'start':>8}{'end':>8}{'gain':>8}{'RL min':>8}{'gain/min':>10}{'wall s':>8}")
     summary = {}
