@@ -253,7 +253,7 @@ _GRPO_VARIANT = dict(  # the same task with GRPO: groups instead of a critic, KL
 )
 
 _TINY_THINK = dict(  # the embedded thinking model: <think> candidates, then <answer> (fastzero/tiny/thinking.py)
-    model_path=THINKING_MODEL, max_new_tokens=64, lr=2e-4, temperature=0.7,
+    model_path=THINKING_MODEL, max_new_tokens=64, lr=2e-4, temperature=0.7, kl_coef=0.05,  # KL keeps its arithmetic
 )
 
 PRESETS: dict[str, dict[str, Any]] = {
