@@ -170,15 +170,11 @@ def all_reduce_max(value: int, ctx: DistContext) -> int:
 
 
 def reduce_sums(values: Mapping[str, float], ctx: DistContext) -> dict[str, float]:
-    """Sum each named number over ranks (one collective, float64). Every rank must pass the same keys."""
+    """Sum each named number over ranks (float64); a key a rank lacks counts as 0 there."""
     if not ctx.enabled:
         return dict(values)
-    keys = sorted(values)
-    gathered = all_gather_object(keys, ctx)
-    if any(other != keys for other in gathered):
-        mismatch = next(r for r, other in enumerate(gathered) if other != keys)
-        raise RuntimeError(f"reduce_sums: rank {ctx.rank} has keys {keys}, rank {mismatch} has {gathered[mismatch]}")
-    summed = all_reduce_sum(torch.tensor([float(values[k]) for k in keys], dtype=torch.float64), ctx)
+    keys = sorted({key for keys in all_gather_object(sorted(values), ctx) for key in keys})
+    summed = all_reduce_sum(torch.tensor([float(values.get(k, 0.0)) for k in keys], dtype=torch.float64), ctx)
     return dict(zip(keys, summed.tolist()))
 
 
@@ -206,12 +202,8 @@ def broadcast_object(obj: Any, ctx: DistContext, src: int = 0) -> Any:
 
 def all_gather_rows(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     """Concatenate each rank's [n_r, ...] tensor along dim 0 in rank order (n_r may differ)."""
-    return _gather_rows(tensor, ctx)[0]
-
-
-def _gather_rows(tensor: torch.Tensor, ctx: DistContext) -> tuple[torch.Tensor, list[int]]:
     if not ctx.enabled:
-        return tensor.clone(), [int(tensor.shape[0])]
+        return tensor.clone()
     import torch.distributed as dist
 
     device = _comm_device(ctx)
@@ -220,7 +212,7 @@ def _gather_rows(tensor: torch.Tensor, ctx: DistContext) -> tuple[torch.Tensor, 
     padded[: tensor.shape[0]] = tensor.to(device)
     chunks = [torch.empty_like(padded) for _ in counts]
     dist.all_gather(chunks, padded)
-    return torch.cat([chunk[:n] for chunk, n in zip(chunks, counts)]).to(tensor.device), counts
+    return torch.cat([chunk[:n] for chunk, n in zip(chunks, counts)]).to(tensor.device)
 
 
 def barrier(ctx: DistContext) -> None:
@@ -233,21 +225,44 @@ def barrier(ctx: DistContext) -> None:
 # ---- loss normalisers ---------------------------------------------------------------------------------
 
 
+def global_mask_profile(mask: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """A [B_global, T'] 0/1 mask with the token count of every row of every rank, in rank order.
+
+    Aggregations depend on the rows' token counts only, so computing one on this profile gives
+    exactly the floats one process computes on the whole mini-batch (integer sums, any order).
+    """
+    lengths = all_gather_rows((mask != 0).sum(dim=1).long(), ctx)
+    width = max(1, int(lengths.max()) if lengths.numel() else 1)
+    return (torch.arange(width, device=mask.device)[None, :] < lengths.to(mask.device)[:, None]).float()
+
+
 def global_token_weights(mask: torch.Tensor, agg: str, norm_len: float | None, ctx: DistContext) -> torch.Tensor:
     """token_weights of the whole global mini-batch, at this rank's rows: [B_local, T] fp32.
 
-    Each rank sends only its rows' token counts; every rank rebuilds the global mini-batch's length
-    profile and runs the one definition of the aggregation (kernels.policy_loss.row_weights) on it,
-    so the weights are bit-identical to those one process computes for the same rows.
+    Each rank sends only its rows' token counts; every rank runs the one definition of the
+    aggregation (kernels.policy_loss.row_weights) on the global profile, so the weights are
+    bit-identical to those one process computes for the same rows.
     """
     from fastzero.kernels.policy_loss import row_weights, token_weights
 
     if not ctx.enabled:
         return token_weights(mask, agg, norm_len)
-    valid = (mask != 0).to(torch.float32)
-    lengths, counts = _gather_rows(valid.sum(dim=1).long(), ctx)
-    start = sum(counts[: ctx.rank])
-    width = max(1, int(lengths.max()) if lengths.numel() else 1)
-    profile = (torch.arange(width, device=mask.device)[None, :] < lengths.to(mask.device)[:, None]).float()
+    profile = global_mask_profile(mask, ctx)
+    start = sum(all_gather_object(int(mask.shape[0]), ctx)[: ctx.rank])
     weights = row_weights(profile, agg, norm_len)[start:start + mask.shape[0]]
-    return valid * weights[:, None]
+    return (mask != 0).to(torch.float32) * weights[:, None]
+
+
+def gather_padded_rows(tensors: list[torch.Tensor], ctx: DistContext) -> list[torch.Tensor]:
+    """All ranks' rows of each [B_r, T_r, ...] tensor, right-padded with zeros to the widest T.
+
+    For what needs the whole batch at once (whitening advantages over all tokens): rows padded the
+    way one process's collate pads them, so the result equals one process's batch.
+    """
+    width = all_reduce_max(max(int(t.shape[1]) for t in tensors), ctx)
+    out = []
+    for tensor in tensors:
+        padded = tensor.new_zeros((tensor.shape[0], width, *tensor.shape[2:]))
+        padded[:, : tensor.shape[1]] = tensor
+        out.append(all_gather_rows(padded, ctx))
+    return out

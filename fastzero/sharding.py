@@ -127,18 +127,40 @@ def gathered(model: nn.Module) -> Iterator[nn.Module]:
                 module.set_reshard_after_forward(True, recurse=False)
 
 
-class GatheredEngine:
-    """A rollout engine around a shared sharded model: generate runs inside `gathered(model)`."""
+class ShardedEngine:
+    """A rollout engine for a sharded policy, on every rank.
 
-    def __init__(self, engine: Any, model: nn.Module):
-        self.engine, self.model = engine, model
+    shares_model (the hf engine decodes with the trainer's own module): generate runs inside
+    `gathered(model)` and a weight sync is free. Otherwise (SGLang, one engine per rank) the sync
+    hands the engine full tensors gathered from the shards one at a time, so each rank's engine
+    receives the whole model; the engine buckets them itself.
+    """
+
+    def __init__(self, engine: Any, model: nn.Module, *, shares_model: bool):
+        self.engine, self.model, self.shares_model = engine, model, shares_model
 
     def generate(self, prompts, params):
+        if not self.shares_model:
+            return self.engine.generate(prompts, params)
         with torch.no_grad(), gathered(self.model):
             return self.engine.generate(prompts, params)
 
-    def __getattr__(self, name: str) -> Any:  # update_weights, rng_state, release_memory, ...
+    def update_weights(self, source: Any) -> None:
+        if isinstance(source, nn.Module) and is_sharded(source) and not self.shares_model:
+            source = full_named_parameters(source)
+        self.engine.update_weights(source)
+
+    def __getattr__(self, name: str) -> Any:  # rng_state, release_memory, shutdown, ...
         return getattr(self.engine, name)
+
+
+def shard_models(models: Any, ctx: DistContext, *, offload: bool = False) -> None:
+    """Shard the policy, the reference and the critic (its value head kept fp32) of a Models."""
+    shard_model(models.policy, ctx, offload=offload)
+    if models.reference is not None:
+        shard_model(models.reference, ctx, offload=offload)
+    if models.critic is not None:
+        shard_model(models.critic, ctx, offload=offload, fp32_modules=(models.critic.value_head,))
 
 
 def full_named_parameters(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:

@@ -159,12 +159,12 @@ def rank_generate(policy_dir: str, prompts: list[list[int]]) -> list:
     from fastzero.model import load_causal_lm
     from fastzero.rollout.base import SamplingParams
     from fastzero.rollout.hf import HFEngine
-    from fastzero.sharding import GatheredEngine, shard_model
+    from fastzero.sharding import ShardedEngine, shard_model
 
     ctx = init_distributed("cpu")
     policy, _ = load_causal_lm(policy_dir)
     shard_model(policy, ctx)
-    engine = GatheredEngine(HFEngine(policy, eos_token_ids=[1], seed=0), policy)
+    engine = ShardedEngine(HFEngine(policy, eos_token_ids=[1], seed=0), policy, shares_model=True)
     mine = prompts[prompt_slice(len(prompts), ctx)]
     # Different prompt lengths and max_new_tokens per rank: the ranks run different numbers of
     # forwards, which would deadlock if a collective ran inside the decoding loop.
