@@ -238,10 +238,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "qwen2.5-1.5b": {**_TINYZERO_PPO},
     "qwen2.5-3b": {**_TINYZERO_PPO},
 }
-# 7B as veRL's and TinyZero's scripts scale the 3B recipe: the same algorithm and batch, the model
-# sharded over the ranks (torchrun + FSDP2), activations recomputed, rollouts tensor-parallel over 2 GPUs.
-PRESETS["qwen2.5-7b"] = {**_TINYZERO_PPO, "gradient_checkpointing": True, "micro_batch_tokens": 16384,
-                         "sglang_tp": 2}
+# 7B as veRL's and TinyZero's scripts scale the 3B recipe: the same algorithm and global batch, the
+# model sharded over the ranks (torchrun + FSDP2), activations recomputed, smaller micro-batches.
+PRESETS["qwen2.5-7b"] = {**_TINYZERO_PPO, "gradient_checkpointing": True, "micro_batch_tokens": 16384}
 for _name in ("qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b", "qwen2.5-7b"):
     PRESETS[_name + "-grpo"] = {**PRESETS[_name], **_GRPO_VARIANT}
 

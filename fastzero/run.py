@@ -79,7 +79,8 @@ class Run:
                                                correct_score=cfg.algorithm.correct_score)
         self.shuffle_generator = torch.Generator().manual_seed(cfg.run.seed + 17)
         self.engine = _make_engine(cfg, policy, model_path, backends.dtype, self.stop_ids, self.pad_id,
-                                   seed=cfg.run.seed + self.dist.rank)  # each rank its own sampling stream
+                                   seed=cfg.run.seed + self.dist.rank,  # each rank its own sampling stream
+                                   local_rank=self.dist.local_rank if self.dist.enabled else None)
         if self.dist.enabled:
             from .sharding import ShardedEngine
 
@@ -114,12 +115,18 @@ class Run:
 
 
 def _make_engine(cfg: Config, policy: nn.Module, model_path: str, dtype: torch.dtype, stop_ids, pad_id, *,
-                 seed: int) -> RolloutEngine:
+                 seed: int, local_rank: int | None) -> RolloutEngine:
     r = cfg.rollout
     if resolve_engine_kind(r.engine) == "hf":  # shares the policy module: no copy, no weight transfer
         return make_engine("hf", model=policy, eos_token_ids=stop_ids, seed=seed,
                            max_batch_size=r.gen_batch_size, pad_token_id=pad_id)
-    return make_engine("sglang", model_path=model_path, seed=seed, dtype=str(dtype).removeprefix("torch."),
+    placement = {}
+    if local_rank is not None:  # under torchrun: one engine per rank, on this rank's GPU (data parallel)
+        if r.sglang_tp > 1:
+            raise ValueError("--sglang-tp > 1 under torchrun is not supported yet: every rank runs its own "
+                             "engine on its own GPU (use --sglang-tp 1)")
+        placement = {"engine_kwargs": {"base_gpu_id": local_rank, "port": 30000 + 16 * local_rank}}
+    return make_engine("sglang", model_path=model_path, seed=seed, **placement, dtype=str(dtype).removeprefix("torch."),
                        mem_fraction_static=r.sglang_mem_fraction, tp_size=r.sglang_tp,
                        bucket_bytes=r.sync_bucket_mb << 20)
 

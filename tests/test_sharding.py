@@ -190,3 +190,43 @@ def test_generation_inside_gathered_matches_unsharded(tmp_path_factory):
         params = SamplingParams(max_new_tokens=6 + 3 * rank, temperature=0.0)
         expected = [[c.response_ids for c in group] for group in engine.generate(prompts[share], params)]
         assert got == expected
+
+
+def rank_sglang(policy_dir: str, prompts: list[list[int]]) -> dict:
+    from fastzero.model import load_causal_lm
+    from fastzero.rollout.base import SamplingParams
+    from fastzero.rollout.sglang import SGLangEngine
+    from fastzero.sharding import ShardedEngine, full_state_dict, shard_model
+    from tests.rollout.test_sglang import StandInEngine
+
+    ctx = init_distributed("cpu")
+    policy, _ = load_causal_lm(policy_dir)
+    shard_model(policy, ctx)
+    engine = ShardedEngine(SGLangEngine(policy_dir, dtype="float32", engine_factory=StandInEngine), policy,
+                           shares_model=False)
+    mine = prompts[prompt_slice(len(prompts), ctx)]
+    engine.generate(mine, SamplingParams(max_new_tokens=3, n=2))
+    engine.release_memory()
+    engine.resume_memory()
+    engine.update_weights(policy)
+    calls = engine.engine._engine.calls
+    synced = {name: tensor for name, args in calls if name == "update_weights_from_tensor"
+              for name, tensor in args["named_tensors"]}
+    full = full_state_dict(policy, ctx)  # collective: every rank joins, rank 0 receives
+    return {"prompts": [c[1]["input_ids"] for c in calls if c[0] == "generate"], "synced": synced,
+            "full": full if ctx.is_main else None}
+
+
+@pytest.mark.slow
+def test_sglang_engine_per_rank_gets_its_slice_and_full_weights(tmp_path_factory):
+    directory = tiny_dir(tmp_path_factory, tie=True)
+    prompts = [[5, 6, 7], [9, 3], [11, 12, 13, 14], [2, 2]]
+    results = run_ranks(2, rank_sglang, directory, prompts)
+    full = results[0]["full"]
+    for rank, got in enumerate(results):
+        share = prompts[prompt_slice(len(prompts), DistContext(rank=rank, world_size=2))]
+        sent = [tuple(ids) for call in got["prompts"] for ids in call]  # n samples: repeated or not
+        assert list(dict.fromkeys(sent)) == [tuple(p) for p in share]
+        assert set(got["synced"]) == {n for n in full if n != "lm_head.weight"}  # the tied head once
+        for name, tensor in got["synced"].items():
+            assert torch.equal(tensor, full[name]), name  # whole tensors, not shards
