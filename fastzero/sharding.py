@@ -72,7 +72,7 @@ def shard_model(model: nn.Module, ctx: DistContext, *, offload: bool = False,
     if not ctx.enabled:
         raise ValueError("shard_model needs a distributed context (world size > 1)")
     options = dict(mesh=ctx.mesh, mp_policy=mixed_precision_for(ctx.device),
-                   offload_policy=CPUOffloadPolicy() if offload else OffloadPolicy())
+                   offload_policy=CPUOffloadPolicy(pin_memory=ctx.device.type == "cuda") if offload else OffloadPolicy())
     for block in transformer_blocks(model):
         fully_shard(block, **options)
     for module in fp32_modules:  # e.g. the critic's value head: regression targets need fp32

@@ -75,7 +75,7 @@ def full_grads(model) -> dict[str, torch.Tensor]:
             for n, p in model.named_parameters() if p.grad is not None}
 
 
-def one_step(policy_dir: str, ctx, fused: bool) -> dict:
+def one_step(policy_dir: str, ctx, fused: bool, offload: bool = False) -> dict:
     from fastzero.model import CriticModel, load_causal_lm
     from fastzero.sharding import full_state_dict, shard_model
 
@@ -84,8 +84,8 @@ def one_step(policy_dir: str, ctx, fused: bool) -> dict:
     with torch.no_grad():  # the same head on every rank (its init draws from the RNG)
         critic.value_head.weight.copy_(torch.linspace(-0.5, 0.5, critic.value_head.weight.numel()).view(1, -1))
     if ctx.enabled:
-        shard_model(policy, ctx)
-        shard_model(critic, ctx, fp32_modules=(critic.value_head,))
+        shard_model(policy, ctx, offload=offload)
+        shard_model(critic, ctx, offload=offload, fp32_modules=(critic.value_head,))
     share = prompt_slice(ROWS, ctx)
     loss = loss_and_backward(policy, critic, torch.arange(share.start, share.stop), ctx, fused)
     out = {"policy_grads": full_grads(policy), "critic_grads": full_grads(critic)}
@@ -98,9 +98,9 @@ def one_step(policy_dir: str, ctx, fused: bool) -> dict:
     return out
 
 
-def rank_step(policy_dir: str, fused: bool) -> dict | None:
+def rank_step(policy_dir: str, fused: bool, offload: bool = False) -> dict | None:
     ctx = init_distributed("cpu")
-    out = one_step(policy_dir, ctx, fused)
+    out = one_step(policy_dir, ctx, fused, offload)
     return out if ctx.is_main else {"loss": out["loss"]}
 
 
@@ -125,17 +125,18 @@ def assert_close_sum(actual: torch.Tensor, expected: torch.Tensor, terms: int, w
     assert error <= bound, f"{what}: max error {error:.3g} > {bound:.3g}"
 
 
-@pytest.mark.parametrize("tie,world_size,fused", [
-    (True, 2, True),  # the main suite's case; the others run with the slow tests
-    pytest.param(False, 2, True, marks=pytest.mark.slow),
-    pytest.param(True, 3, True, marks=pytest.mark.slow),
-    pytest.param(False, 3, True, marks=pytest.mark.slow),
-    pytest.param(True, 2, False, marks=pytest.mark.slow),
-], ids=["tied-2-fused", "untied-2-fused", "tied-3-fused", "untied-3-fused", "tied-2-twopass"])
-def test_sharded_step_equals_one_process(tmp_path_factory, tie, world_size, fused):
+@pytest.mark.parametrize("tie,world_size,fused,offload", [
+    (True, 2, True, False),  # the main suite's case; the others run with the slow tests
+    pytest.param(False, 2, True, False, marks=pytest.mark.slow),
+    pytest.param(True, 3, True, False, marks=pytest.mark.slow),
+    pytest.param(False, 3, True, False, marks=pytest.mark.slow),
+    pytest.param(True, 2, False, False, marks=pytest.mark.slow),
+    pytest.param(True, 2, True, True, marks=pytest.mark.slow),  # FSDP2 CPUOffloadPolicy
+], ids=["tied-2-fused", "untied-2-fused", "tied-3-fused", "untied-3-fused", "tied-2-twopass", "tied-2-offload"])
+def test_sharded_step_equals_one_process(tmp_path_factory, tie, world_size, fused, offload):
     policy_dir = tiny_dir(tmp_path_factory, tie)
     expected = one_step(policy_dir, SINGLE, fused)
-    results = run_ranks(world_size, rank_step, policy_dir, fused)
+    results = run_ranks(world_size, rank_step, policy_dir, fused, offload)
     got = results[0]
     tokens = int(make_batch()[0].response_mask.sum())
     assert set(got["policy_grads"]) == set(expected["policy_grads"])
