@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import socket
 import subprocess
 import sys
@@ -37,8 +36,7 @@ def run_once(ranks: int, args, output_dir: str) -> dict:
     if ranks == 1:
         command = [sys.executable, "-m", "fastzero.train"]
     else:
-        torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
-        command = [torchrun, "--nproc-per-node", str(ranks), "--master-port", str(free_port()), "-m", "fastzero.train"]
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks), "--master-port", str(free_port()), "-m", "fastzero.train"]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     subprocess.run(command + flags, env=env, check=True, capture_output=True, text=True)
     with open(os.path.join(output_dir, "metrics.jsonl")) as fh:

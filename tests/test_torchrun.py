@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,8 +22,9 @@ FLAGS = ["--threads", "1", "--max-steps", "4", "--save-every", "1", "--eval-ever
 
 
 def torchrun() -> list[str]:
-    path = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
-    return [path, "--nproc-per-node", "2", "--master-port", str(free_port()), "-m", "fastzero.train"]
+    """`torchrun` as this interpreter's module (the console script may live in another venv)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+            str(free_port()), "-m", "fastzero.train"]
 
 
 def env() -> dict[str, str]:
