@@ -240,10 +240,10 @@ def global_token_weights(mask: torch.Tensor, agg: str, norm_len: float | None, c
     """token_weights of the whole global mini-batch, at this rank's rows: [B_local, T] fp32.
 
     Each rank sends only its rows' token counts; every rank runs the one definition of the
-    aggregation (kernels.policy_loss.row_weights) on the global profile, so the weights are
+    aggregation (kernels.aggregation.row_weights) on the global profile, so the weights are
     bit-identical to those one process computes for the same rows.
     """
-    from fastzero.kernels.policy_loss import row_weights, token_weights
+    from fastzero.kernels.aggregation import row_weights, token_weights
 
     if not ctx.enabled:
         return token_weights(mask, agg, norm_len)

@@ -24,7 +24,7 @@ from fastzero.distributed import (
     prompt_slice,
     reduce_sums,
 )
-from fastzero.kernels.policy_loss import AGGREGATIONS, token_weights
+from fastzero.kernels.aggregation import AGGREGATIONS, token_weights
 from tests._distributed import rank_env, run_ranks
 
 
