@@ -48,8 +48,7 @@ def run_once(ranks: int, args, output_dir: str) -> dict:
     # Tokens of the RL steps: the run's total (prompt + response tokens trained on).
     tokens = summary["cost"]["tokens"]
     return {"ranks": ranks, "steps": len(steps), "seconds": round(seconds, 3),
-            "steps_per_s": round(len(steps) / seconds, 4), "tokens_per_s": round(tokens / seconds, 1),
-            "final_loss": steps[-1].get("loss") if steps else None}
+            "steps_per_s": round(len(steps) / seconds, 4), "tokens_per_s": round(tokens / seconds, 1)}
 
 
 def main() -> None:
