@@ -8,9 +8,10 @@ single-process format of fastzero.checkpoint):
     trainer_state.pt     what is the same on every rank (step, counters, data position, the
                          mini-batch shuffling RNG), written by rank 0, plus the world size
     rank-00003.pt        what each rank owns: its torch / Python / rollout-engine RNG states
-Atomic: rank 0 creates a temporary directory and broadcasts its name, every rank writes its part,
-a barrier, then rank 0 renames the directory into place and replaces `latest`; a job killed at any
-moment leaves the previous checkpoint intact (and a `.tmp-*` directory that the next save removes).
+Atomic: rank 0 creates a staging directory (fastzero.atomic.atomic_directory) and broadcasts its
+name, every rank writes its part, a barrier, then rank 0 swaps the directory in and replaces
+`latest`; a job killed at any moment leaves the previous checkpoint intact (and a `.tmp-*`
+directory that the next save removes).
 
 Changing the number of ranks on resume:
 - model and optimizer state load on ANY world size, 1 included: DCP re-slices each stored tensor
@@ -27,16 +28,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from typing import Any
 
 import torch
 from torch import nn
 
+from .atomic import TMP_PREFIX, atomic_directory, atomic_write_text
+from .checkpoint import LATEST
 from .distributed import DistContext, barrier, broadcast_object
 
 TRAINER_STATE = "trainer_state.pt"
-LATEST = "latest"
 
 
 def _rank_file(rank: int) -> str:
@@ -67,32 +68,31 @@ def save_sharded(root: str, step: int, *, models: dict[str, nn.Module],
 
     name = f"step-{step:06d}"
     final = os.path.join(root, name)
-    tmp = None
-    if ctx.is_main:
-        os.makedirs(root, exist_ok=True)
-        tmp = tempfile.mkdtemp(dir=root, prefix=f".tmp-{name}-")
-    tmp = broadcast_object(tmp, ctx)
-    for key, model in models.items():
-        dcp.save(_state_dicts(model, optimizers.get(key)), checkpoint_id=os.path.join(tmp, key))
-    torch.save(rank_state, os.path.join(tmp, _rank_file(ctx.rank)))
-    if ctx.is_main:
-        torch.save({**state, "world_size": ctx.world_size}, os.path.join(tmp, TRAINER_STATE))
-    barrier(ctx)  # every rank's files are complete before the directory becomes visible
-    if ctx.is_main:
-        if os.path.exists(final):  # a re-save of the same step
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        from .checkpoint import atomic_write_text
 
+    def write_parts(staging: str | None) -> None:
+        staging = broadcast_object(staging, ctx)  # rank 0's staging directory, on every rank
+        for key, model in models.items():
+            dcp.save(_state_dicts(model, optimizers.get(key)), checkpoint_id=os.path.join(staging, key))
+        torch.save(rank_state, os.path.join(staging, _rank_file(ctx.rank)))
+        if ctx.is_main:
+            torch.save({**state, "world_size": ctx.world_size}, os.path.join(staging, TRAINER_STATE))
+        barrier(ctx)  # every rank's files are complete before rank 0 swaps the directory in
+
+    if ctx.is_main:
+        with atomic_directory(final) as staging:  # a re-save of the same step replaces it
+            write_parts(str(staging))
         atomic_write_text(os.path.join(root, LATEST), name + "\n")
         _prune(root, keep=keep, current=name)
+    else:
+        write_parts(None)
     barrier(ctx)
     return final
 
 
 def _prune(root: str, *, keep: int, current: str) -> None:
+    """Older checkpoints beyond `keep`, and the temporaries of a run killed mid-save, go."""
     steps = sorted(d for d in os.listdir(root) if d.startswith("step-") and d != current)
-    for old in steps[: max(0, len(steps) - (keep - 1))] + [d for d in os.listdir(root) if d.startswith(".tmp-")]:
+    for old in steps[: max(0, len(steps) - (keep - 1))] + [d for d in os.listdir(root) if d.startswith(TMP_PREFIX)]:
         shutil.rmtree(os.path.join(root, old), ignore_errors=True)
 
 
