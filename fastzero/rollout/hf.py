@@ -30,7 +30,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
-from fastzero.rollout.base import Completion, SamplingParams, validate_prompts
+from fastzero.rollout.base import Completion, SamplingParams, memory_released, validate_prompts
 
 
 def _eos_ids_of(model: nn.Module) -> tuple[int, ...]:
@@ -173,6 +173,11 @@ class HFEngine:
     def resume_memory(self) -> None:
         """Nothing was released (see release_memory)."""
 
+    def memory_released(self, weights: Any = None):
+        """`with engine.memory_released(weights=policy): train()` (base.memory_released); a no-op
+        pair here, kept so the trainer drives every engine the same exception-safe way."""
+        return memory_released(self, weights)
+
     def shutdown(self) -> None:
         self.model = None  # type: ignore[assignment]  # drop our reference; the trainer keeps its own
 
@@ -186,10 +191,12 @@ class HFEngine:
             return DynamicCache()
 
     def _step(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
-        """One forward of the base model; fp32 logits of the last column only."""
+        """One forward of the base model; logits of the last column only, in fp32 or wider (a float64
+        model keeps float64, which is how the tests compare paths without rounding noise)."""
         out = self.model.base_model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                                     use_cache=True, **{self._cache_kwarg: cache})
-        return self.model.get_output_embeddings()(out.last_hidden_state[:, -1]).float()
+        logits = self.model.get_output_embeddings()(out.last_hidden_state[:, -1])
+        return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
     def _decode(self, prompts: list[list[int]], params: SamplingParams, stop_ids: torch.Tensor,
                 generator: torch.Generator) -> list[Completion]:
@@ -208,7 +215,7 @@ class HFEngine:
 
         steps = params.max_new_tokens
         tokens_out = torch.zeros((batch, steps), dtype=torch.long, device=device)
-        logprobs_out = torch.zeros((batch, steps), dtype=torch.float32, device=device)
+        logprobs_out = torch.zeros((batch, steps), dtype=logits.dtype, device=device)
         lengths = torch.full((batch,), steps, dtype=torch.long, device=device)
         stopped = torch.zeros(batch, dtype=torch.bool, device=device)
         rows = torch.arange(batch, device=device)  # original row of each current batch row
