@@ -127,7 +127,7 @@ def test_sample_next_filters():
         seen = set()
         g = torch.Generator().manual_seed(0)
         for _ in range(300):
-            seen.add(int(sample_next(logits, params, g)[0]))
+            seen.add(int(sample_next(logits, params, torch.empty_like(logits).exponential_(generator=g))[0]))
         return seen
     assert support(SamplingParams(max_new_tokens=1, top_k=2)) == {0, 1}
     assert support(SamplingParams(max_new_tokens=1, top_p=0.7)) == {0, 1}
@@ -140,8 +140,22 @@ def test_sample_next_filters():
     torch.testing.assert_close(logp, probs[0, :1].log(), atol=tol, rtol=0)
     # the reported log-prob ignores the filters: it is the temperature-scaled distribution's
     tokens, logp = sample_next(logits, SamplingParams(max_new_tokens=1, top_k=1, temperature=0.5),
-                               torch.Generator().manual_seed(0))
+                               torch.empty_like(logits).exponential_(generator=torch.Generator().manual_seed(0)))
     assert int(tokens) == 0 and torch.equal(logp, torch.log_softmax(logits / 0.5, -1)[0, :1])  # the same op
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sampling_with_noise_is_torch_multinomial(dtype):
+    """argmax(probs / Exp(1) noise) is the formula torch.multinomial uses for one sample: the same
+    generator state gives the same tokens and leaves the generator in the same state."""
+    logits = torch.randn(37, 1001, dtype=dtype, generator=torch.Generator().manual_seed(3)) * 3
+    params = SamplingParams(max_new_tokens=1, temperature=0.8)
+    ours, theirs = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    for _ in range(3):
+        tokens, _ = sample_next(logits, params, torch.empty_like(logits).exponential_(generator=ours))
+        want = torch.multinomial(torch.softmax(logits / 0.8, -1), 1, generator=theirs).squeeze(-1)
+        assert torch.equal(tokens, want)
+    assert torch.equal(ours.get_state(), theirs.get_state())
 
 
 def test_training_mode_is_restored(model):
