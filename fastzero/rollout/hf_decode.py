@@ -5,16 +5,18 @@ What makes it faster than a plain cached loop, each kept for a measured gain (be
 bench/RESULTS.md):
 - shared-prefix prefill: each distinct prompt is prefilled once and its keys/values and last
   logits are copied to its n rows (an index_select): n times less prefill work;
-- preallocated KV buffers [rows, kv_heads, prompt width + max_new_tokens, head_dim] per layer,
-  written in place, so no token re-copies the cache (a DynamicCache's torch.cat per layer and token);
 - our own 4D attention mask (sdpa / eager), sliced from one preallocated [rows, width] bool
-  table, so transformers builds no mask per token (flash-attention and others get the 2D mask);
+  table, so transformers builds no mask per token (flash-attention and others get the 2D mask),
+  and none at all when no row is padded (attention then runs its plain causal kernel);
 - done rows stay until at most `compact_fraction` of the rows are alive, then batch and buffers
   are compacted to the live rows;
 - stop checks (the only host syncs of the loop) every `sync_every` tokens: 1 on CPU, where a sync
   costs nothing and an earlier exit saves forwards; more on GPU, where each sync stalls the queue;
-- static mode (GPU): full-length buffers, a fixed batch and a fixed write position tensor, so the
-  step can be captured by torch.compile(mode="reduce-overhead") as a CUDA graph.
+- static mode (GPU): preallocated KV buffers written in place (no torch.cat per token), a fixed
+  batch and a fixed write-position tensor, so the step can be captured by
+  torch.compile(mode="reduce-overhead") as a CUDA graph. On CPU it does not pay: attention over
+  strided buffer views was slower than the cat it saves (bench/RESULTS.md), and compiling the step
+  took minutes and ran slower there; so the CPU default keeps a DynamicCache.
 
 Determinism: sampling draws one exponential per (row, vocabulary entry) for EVERY row of the
 micro-batch at every step, alive or not, and picks argmax(probs / noise), which is exactly what
@@ -68,52 +70,31 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, noise: torch.Tenso
 
 
 class BufferLayer(DynamicLayer):
-    """One layer's keys/values in preallocated buffers, written in place (never concatenated).
+    """Static mode's keys/values for one layer: preallocated [rows, heads, capacity, head_dim]
+    buffers, written in place at `write_at` (a tensor) and exposed whole (the mask hides the columns
+    not written yet), so shapes and addresses stay fixed for a captured graph."""
 
-    Dynamic mode exposes the filled prefix (a view) and may drop rows; static mode exposes the whole
-    buffer (the mask hides the unfilled columns) and writes at `write_at`, a tensor, so shapes and
-    addresses stay fixed for a captured graph.
-    """
-
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, *, length: int, static: bool) -> None:
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, *, length: int) -> None:
         super().__init__()
-        self.buffer_keys, self.buffer_values = keys, values
-        self.length, self.static = length, static
-        self.write_at: torch.Tensor | None = None  # static mode: the column the next token goes to
+        self.keys, self.values, self.length = keys, values, length
+        self.write_at: torch.Tensor | None = None  # the column the next token goes to
         self.is_initialized, self.device, self.dtype = True, keys.device, keys.dtype
-        self._expose()
-
-    def _expose(self) -> None:
-        end = self.buffer_keys.shape[2] if self.static else self.length
-        self.keys, self.values = self.buffer_keys[:, :, :end], self.buffer_values[:, :, :end]
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
-        if self.static:
-            self.buffer_keys.index_copy_(2, self.write_at, key_states)
-            self.buffer_values.index_copy_(2, self.write_at, value_states)
-        else:
-            end = self.length + key_states.shape[-2]
-            self.buffer_keys[:, :, self.length:end] = key_states
-            self.buffer_values[:, :, self.length:end] = value_states
-            self.length = end
-            self._expose()
+        self.keys.index_copy_(2, self.write_at, key_states)
+        self.values.index_copy_(2, self.write_at, value_states)
         return self.keys, self.values
 
     def get_seq_length(self) -> int:
         return self.length
 
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self.buffer_keys, self.buffer_values = self.buffer_keys[indices], self.buffer_values[indices]
-        self._expose()
 
-
-def kv_buffer_cache(prefilled: DynamicCache, expand: torch.Tensor, capacity: int, static: bool,
-                    pool: dict | None = None) -> Cache:
+def kv_buffer_cache(prefilled: DynamicCache, expand: torch.Tensor, capacity: int, pool: dict) -> Cache:
     """A Cache of BufferLayers [rows, heads, capacity, head_dim] holding `prefilled`'s keys/values
     copied to rows `expand` (the shared-prefix expansion: row r gets prompt expand[r]).
 
-    pool: buffers kept between calls (static mode), so a captured graph sees the same addresses;
-    their stale columns beyond the prompt are finite and masked until overwritten."""
+    pool: buffers kept between calls, so a captured graph sees the same addresses; their stale
+    columns beyond the prompt are finite (zeros at first) and masked until overwritten."""
     layers = []
     for index, layer in enumerate(prefilled.layers):
         width = layer.keys.shape[-2]
@@ -121,15 +102,13 @@ def kv_buffer_cache(prefilled: DynamicCache, expand: torch.Tensor, capacity: int
         for kind, states in enumerate((layer.keys, layer.values)):
             shape = (expand.numel(), states.shape[1], capacity, states.shape[3])
             key = (index, kind, shape, states.dtype, states.device)
-            buffer = pool.get(key) if pool is not None else None
-            if buffer is None:  # static mode exposes unwritten columns (masked): they must be finite
-                buffer = states.new_zeros(shape) if static else states.new_empty(shape)
-                if pool is not None:
-                    torch._dynamo.mark_static_address(buffer)  # mutated in place inside the graph
-                    pool[key] = buffer
+            buffer = pool.get(key)
+            if buffer is None:  # the unwritten columns are exposed (masked): they must be finite
+                buffer = pool[key] = states.new_zeros(shape)
+                torch._dynamo.mark_static_address(buffer)  # mutated in place inside the graph
             buffer[:, :, :width] = states.index_select(0, expand)
             buffers.append(buffer)
-        layers.append(BufferLayer(*buffers, length=width, static=static))
+        layers.append(BufferLayer(*buffers, length=width))
     return Cache(layers=layers)
 
 
@@ -195,8 +174,12 @@ def decode(forward: Forward, static_step: Forward | None, prompts: list[list[int
     expand = torch.repeat_interleave(torch.arange(unique, device=device), torch.tensor(counts, device=device))
     logits, valid = logits.index_select(0, expand), valid_unique.index_select(0, expand)
     next_position = positions[:, -1].index_select(0, expand) + 1
-    cache = kv_buffer_cache(prefill, expand, capacity, options.static, pool if options.static else None)
-    del prefill
+    if options.static:
+        cache = kv_buffer_cache(prefill, expand, capacity, pool if pool is not None else {})
+        del prefill
+    else:  # a DynamicCache: its torch.cat per token keeps keys contiguous, which CPU attention prefers
+        prefill.batch_select_indices(expand)
+        cache = prefill
 
     batch = expand.numel()
     tokens_out = torch.zeros((batch, steps), dtype=torch.long, device=device)
