@@ -12,10 +12,9 @@ own (a torch.Generator whose state the trainer checkpoints for bit-identical res
 This file: the protocol (validation, micro-batches of at most `max_batch_size` rows, each prompt's
 n samples adjacent, weights, memory). The loop itself, and why each of its parts is there, is in
 hf_decode.py. Two decode modes:
-- "dynamic" (the CPU default): KV buffers that grow by a view, done rows compacted away once at
-  most `compact_fraction` of them are alive (measured on the 2-core dev box, 1.05M-param Qwen2,
-  256 rows, <= 128 new tokens, mean length 32: never compacting 2.1k tokens/s, compacting at half
-  alive 6.7k, on every finish 6.4k);
+- "dynamic" (the CPU default): a DynamicCache, done rows compacted away once at most
+  `compact_fraction` of them are alive (compacting at half alive was the best of never, half and
+  every finish: bench/RESULTS.md, "Rollouts");
 - "static" (the CUDA default): a fixed batch and full-length buffers, the decode step compiled with
   torch.compile(mode="reduce-overhead") (CUDA-graph capture), stop checks every `sync_every` tokens.
 Both give the same tokens for the same generator state (hf_decode.py, "Determinism").
@@ -25,7 +24,6 @@ prompts all have one width; nothing to gain there).
 from __future__ import annotations
 
 import inspect
-import logging
 from typing import Any, Iterable, Literal, Sequence
 
 import torch
@@ -35,7 +33,6 @@ from fastzero.rollout.base import Completion, SamplingParams, memory_released, v
 from fastzero.rollout.hf_decode import DecodeOptions, decode, sample_next
 
 __all__ = ["HFEngine", "sample_next"]
-logger = logging.getLogger(__name__)
 DecodeMode = Literal["auto", "dynamic", "static"]
 _MASK_KINDS = {"sdpa": "bool", "eager": "additive"}  # anything else gets the 2D mask
 

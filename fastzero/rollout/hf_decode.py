@@ -1,8 +1,8 @@
 """The hf engine's decoding loop for one micro-batch of rows (prompt-major: a prompt's n samples sit
 next to each other), and the pieces it needs: KV buffers, attention masks, the sampler.
 
-What makes it faster than a plain cached loop, each kept for a measured gain (bench/bench_rollout.py,
-bench/RESULTS.md):
+What makes it faster than a plain cached loop (each measured in bench/bench_rollout.py; results and
+what did not pay in bench/RESULTS.md, "Rollouts"):
 - shared-prefix prefill: each distinct prompt is prefilled once and its keys/values and last
   logits are copied to its n rows (an index_select): n times less prefill work;
 - our own 4D attention mask (sdpa / eager), sliced from one preallocated [rows, width] bool
@@ -14,9 +14,9 @@ bench/RESULTS.md):
   costs nothing and an earlier exit saves forwards; more on GPU, where each sync stalls the queue;
 - static mode (GPU): preallocated KV buffers written in place (no torch.cat per token), a fixed
   batch and a fixed write-position tensor, so the step can be captured by
-  torch.compile(mode="reduce-overhead") as a CUDA graph. On CPU it does not pay: attention over
-  strided buffer views was slower than the cat it saves (bench/RESULTS.md), and compiling the step
-  took minutes and ran slower there; so the CPU default keeps a DynamicCache.
+  torch.compile(mode="reduce-overhead") as a CUDA graph. On CPU neither buffers nor the compiled
+  step paid (bench/RESULTS.md, "Rollouts": CPU attention over strided buffer views lost more than
+  the cat saved; compiling was slow and its step no faster), so the CPU default keeps a DynamicCache.
 
 Determinism: sampling draws one exponential per (row, vocabulary entry) for EVERY row of the
 micro-batch at every step, alive or not, and picks argmax(probs / noise), which is exactly what
