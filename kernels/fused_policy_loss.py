@@ -39,20 +39,17 @@ per-sequence advantage before flattening).
 """
 from __future__ import annotations
 
-import math
 from typing import NamedTuple, Optional
 
 import torch
 
 from fastzero.kernels import logprob as LP
 from fastzero.kernels import reference
-from fastzero.kernels._dispatch import backend_for, triton_importable
-from fastzero.kernels.policy_loss import KL_TYPES, token_loss_terms
-
-FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-# Rows of the per-token [6, N] fp32 buffer, summed once at the end (deterministic, no atomics).
-_LOSS, _CLIPPED, _DUAL_CLIPPED, _KL_OLD, _KL_REF, _ENTROPY = range(6)
-_NUM_TERMS = 6
+from fastzero.kernels._dispatch import backend_for
+from fastzero.kernels._utils import (CLIPPED, DUAL_CLIPPED, ENTROPY, FLOAT_DTYPES, HAS_TRITON, KL_OLD, KL_REF, LOSS,
+                                     NUM_STAT_SUMS, check_choice, check_number, check_token_weight, rows_of, tl,
+                                     triton)
+from fastzero.kernels.loss_terms import KL_TYPES, token_loss_terms
 
 
 class LossConfig(NamedTuple):
@@ -67,17 +64,9 @@ class LossConfig(NamedTuple):
 
 # ---- the per-token loss of one chunk: Triton kernel and PyTorch twin ------------------------------
 
-if triton_importable():
-    import triton
-    import triton.language as tl
-
-    from fastzero.kernels.policy_loss import _clipped_pg, _kl_and_grad
-
-    # The same row indices as Triton compile-time constants: a kernel may only read globals that
-    # are tl.constexpr objects (the interpreter does not enforce it; the GPU compiler does).
-    _LOSS_ROW, _CLIPPED_ROW, _DUAL_ROW, _KL_OLD_ROW, _KL_REF_ROW, _ENTROPY_ROW = (
-        tl.constexpr(row) for row in (_LOSS, _CLIPPED, _DUAL_CLIPPED, _KL_OLD, _KL_REF, _ENTROPY)
-    )
+if HAS_TRITON:
+    from fastzero.kernels._utils import CLIPPED_C, DUAL_CLIPPED_C, ENTROPY_C, KL_OLD_C, KL_REF_C, LOSS_C
+    from fastzero.kernels.loss_terms import clipped_pg, kl_and_grad
 
     @triton.jit
     def _token_loss_kernel(
@@ -100,24 +89,24 @@ if triton_importable():
         ent = tl.load(entropy_ptr + offs, mask=inside, other=0.0)
         old = tl.load(old_ptr + offs, mask=inside, other=0.0)
         adv = tl.load(adv_ptr + offs, mask=inside, other=0.0)
-        ratio, loss, dlogp, clipped, dual = _clipped_pg(lp, old, adv, clip_low, clip_high, dual_clip,
+        ratio, loss, dlogp, clipped, dual = clipped_pg(lp, old, adv, clip_low, clip_high, dual_clip,
                                                         HAS_DUAL_CLIP)
         if HAS_DUAL_CLIP:
-            tl.store(terms_ptr + _DUAL_ROW * terms_stride + offs, tl.where(valid & dual, 1.0, 0.0), mask=inside)
+            tl.store(terms_ptr + DUAL_CLIPPED_C * terms_stride + offs, tl.where(valid & dual, 1.0, 0.0), mask=inside)
         if HAS_REF:
             diff = lp - tl.load(ref_ptr + offs, mask=inside, other=0.0)
-            kl, dkl = _kl_and_grad(diff, KL_TYPE)
+            kl, dkl = kl_and_grad(diff, KL_TYPE)
             loss += kl_coef * kl
             dlogp += kl_coef * dkl
-            tl.store(terms_ptr + _KL_REF_ROW * terms_stride + offs, tl.where(valid, kl, 0.0), mask=inside)
+            tl.store(terms_ptr + KL_REF_C * terms_stride + offs, tl.where(valid, kl, 0.0), mask=inside)
         loss -= entropy_coef * ent
         kl_old = (ratio - 1.0) - (lp - old)
         # Rows not written here (dual clip, KL to ref when absent) stay at the buffer's zeros.
         tl.store(dlogp_ptr + offs, tl.where(valid, w * dlogp, 0.0), mask=inside)
-        tl.store(terms_ptr + _LOSS_ROW * terms_stride + offs, tl.where(valid, w * loss, 0.0), mask=inside)
-        tl.store(terms_ptr + _CLIPPED_ROW * terms_stride + offs, tl.where(valid & clipped, 1.0, 0.0), mask=inside)
-        tl.store(terms_ptr + _KL_OLD_ROW * terms_stride + offs, tl.where(valid, kl_old, 0.0), mask=inside)
-        tl.store(terms_ptr + _ENTROPY_ROW * terms_stride + offs, tl.where(valid, ent, 0.0), mask=inside)
+        tl.store(terms_ptr + LOSS_C * terms_stride + offs, tl.where(valid, w * loss, 0.0), mask=inside)
+        tl.store(terms_ptr + CLIPPED_C * terms_stride + offs, tl.where(valid & clipped, 1.0, 0.0), mask=inside)
+        tl.store(terms_ptr + KL_OLD_C * terms_stride + offs, tl.where(valid, kl_old, 0.0), mask=inside)
+        tl.store(terms_ptr + ENTROPY_C * terms_stride + offs, tl.where(valid, ent, 0.0), mask=inside)
 
 
 def _token_loss_triton(logp, entropy, old, adv, ref, weight, cfg: LossConfig, terms_out):
@@ -146,10 +135,10 @@ def _token_loss_torch(logp, entropy, old, adv, ref, weight, cfg: LossConfig, ter
     )
     weighted_loss = torch.where(valid, weight * terms.loss, 0.0)
     columns = (terms.clipped, terms.dual_clipped, terms.kl_old, terms.kl_ref, entropy)
-    for row, value in zip((_CLIPPED, _DUAL_CLIPPED, _KL_OLD, _KL_REF, _ENTROPY), columns):
+    for row, value in zip((CLIPPED, DUAL_CLIPPED, KL_OLD, KL_REF, ENTROPY), columns):
         if value is not None:
             terms_out[row] = torch.where(valid, value.detach().float(), 0.0)
-    terms_out[_LOSS] = weighted_loss.detach()
+    terms_out[LOSS] = weighted_loss.detach()
     return torch.where(valid, weight * terms.dloss_dlogp, 0.0), weighted_loss
 
 
@@ -163,22 +152,22 @@ class _FusedLinearPolicyLossFunction(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, old, adv, ref, token_weight, cfg: LossConfig, backend: str):
         need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         n_tokens = hidden.shape[0]
-        terms = torch.zeros(_NUM_TERMS, n_tokens, dtype=torch.float32, device=hidden.device)
+        terms = torch.zeros(NUM_STAT_SUMS, n_tokens, dtype=torch.float32, device=hidden.device)
         grad_entropy = token_weight * -cfg.entropy_coef if cfg.entropy_coef != 0 else None
         grad_hidden = torch.empty_like(hidden, memory_format=torch.contiguous_format) if need_hidden else None
         # fp32 across chunks: bf16 accumulation over ~100 chunks would lose ~1%.
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
         token_loss = _token_loss_triton if backend == "triton" else _token_loss_torch
-        step = LP._one_pass_rows(weight, backend)
+        step = LP.one_pass_rows(weight, backend)
         for start in range(0, n_tokens, step):
             rows = slice(start, min(start + step, n_tokens))
 
             def token_grads(logp, entropy, rows=rows):
-                dlogp, _ = token_loss(logp, entropy, old[rows], adv[rows], _rows_of(ref, rows),
+                dlogp, _ = token_loss(logp, entropy, old[rows], adv[rows], rows_of(ref, rows),
                                       token_weight[rows], cfg, terms[:, rows])
-                return dlogp, _rows_of(grad_entropy, rows)
+                return dlogp, rows_of(grad_entropy, rows)
 
-            _, _, chunk_grad_hidden = LP._chunk_forward_backward(
+            _, _, chunk_grad_hidden = LP.chunk_forward_backward(
                 hidden[rows], weight, targets[rows], token_grads, temperature=cfg.temperature,
                 grad_weight=grad_weight, backend=backend,
             )
@@ -188,7 +177,7 @@ class _FusedLinearPolicyLossFunction(torch.autograd.Function):
             grad_weight = grad_weight.to(weight.dtype)  # frees the fp32 accumulator for bf16/fp16 heads
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.mark_non_differentiable(terms)
-        return terms[_LOSS].sum(), terms
+        return terms[LOSS].sum(), terms
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -200,10 +189,6 @@ class _FusedLinearPolicyLossFunction(torch.autograd.Function):
             None if grad_hidden is None else grad_hidden * grad_loss,
             None if grad_weight is None else grad_weight * grad_loss,
         ) + (None,) * 7
-
-
-def _rows_of(tensor: Optional[torch.Tensor], rows: slice) -> Optional[torch.Tensor]:
-    return None if tensor is None else tensor[rows]
 
 
 # ---- the public function --------------------------------------------------------------------------
@@ -220,47 +205,36 @@ def _check_vector(name: str, x, n_tokens: int, device: torch.device) -> None:
         raise ValueError(f"{name} is on {x.device} but hidden is on {device}")
 
 
-def _check_number(name: str, value, *, minimum: Optional[float] = None, above: Optional[float] = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    if above is not None and value <= above:
-        raise ValueError(f"{name} must be > {above}, got {value!r}")
-
-
 def _validate(hidden, weight, targets, old_logp, advantages, token_weight, ref_logp, cfg: LossConfig) -> None:
     for name, value in (("hidden", hidden), ("weight", weight), ("targets", targets)):
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    LP._check_inputs(hidden, weight, targets, cfg.temperature)
+    LP.check_inputs(hidden, weight, targets, cfg.temperature)
     n_tokens = hidden.shape[0]
     for name, value in (("old_logp", old_logp), ("advantages", advantages), ("token_weight", token_weight)):
         _check_vector(name, value, n_tokens, hidden.device)
     if ref_logp is not None:
         _check_vector("ref_logp", ref_logp, n_tokens, hidden.device)
-    _check_number("clip_low", cfg.clip_low, minimum=0.0)
-    _check_number("clip_high", cfg.clip_high, minimum=0.0)
+    check_number("clip_low", cfg.clip_low, minimum=0.0)
+    check_number("clip_high", cfg.clip_high, minimum=0.0)
     if cfg.dual_clip is not None:
-        _check_number("dual_clip", cfg.dual_clip, above=1.0)
-    _check_number("kl_coef", cfg.kl_coef, minimum=0.0)
-    _check_number("entropy_coef", cfg.entropy_coef)
-    if cfg.kl_type not in KL_TYPES:
-        raise ValueError(f"kl_type={cfg.kl_type!r} is not one of {', '.join(KL_TYPES)}")
+        check_number("dual_clip", cfg.dual_clip, above=1.0)
+    check_number("kl_coef", cfg.kl_coef, minimum=0.0)
+    check_number("entropy_coef", cfg.entropy_coef)
+    check_choice("kl_type", cfg.kl_type, KL_TYPES)
     if cfg.kl_coef != 0 and ref_logp is None:
         raise ValueError(f"kl_coef={cfg.kl_coef} needs ref_logp (the reference model's log-probs)")
-    if n_tokens and not bool(((token_weight >= 0) & torch.isfinite(token_weight)).all()):
-        raise ValueError("token_weight must be finite and >= 0 (0 = the token takes no part in the loss)")
+    check_token_weight(token_weight)
 
 
 def _stats(terms: torch.Tensor, token_weight: torch.Tensor, cfg: LossConfig, has_ref: bool) -> dict[str, torch.Tensor]:
     n_valid = (token_weight != 0).sum(dtype=torch.float32).clamp(min=1.0)
     means = terms.detach().sum(dim=1) / n_valid
-    stats = {"clip_frac": means[_CLIPPED], "approx_kl_old": means[_KL_OLD], "entropy": means[_ENTROPY]}
+    stats = {"clip_frac": means[CLIPPED], "approx_kl_old": means[KL_OLD], "entropy": means[ENTROPY]}
     if cfg.dual_clip is not None:
-        stats["dual_clip_frac"] = means[_DUAL_CLIPPED]
+        stats["dual_clip_frac"] = means[DUAL_CLIPPED]
     if has_ref:
-        stats["kl_ref"] = means[_KL_REF]
+        stats["kl_ref"] = means[KL_REF]
     return stats
 
 
@@ -305,7 +279,7 @@ def fused_linear_policy_loss(
         # Unfused: materialized logits (reference) or the chunked forward only (no gradients wanted).
         logprobs = reference.fused_logprobs if backend == "reference" else LP.fused_logprobs
         logp, entropy = logprobs(hidden, weight, targets, temperature=cfg.temperature, return_entropy=True)
-        terms = torch.zeros(_NUM_TERMS, hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        terms = torch.zeros(NUM_STAT_SUMS, hidden.shape[0], dtype=torch.float32, device=hidden.device)
         _, weighted_loss = _token_loss_torch(logp.float(), entropy.float(), old, adv, ref, token_weight_fp32, cfg,
                                              terms)
         loss = weighted_loss.sum()

@@ -10,8 +10,7 @@ slices it per micro-batch, so gradient accumulation needs no renormalizing).
 
 Because the loss is a weighted sum of per-token terms, the forward kernel also writes d loss/d logp
 (and d loss/d entropy) per token; backward only multiplies them by the upstream scalar. One
-program per row loops over T and
-also emits per-row partial sums (loss, clipped tokens, dual-clipped tokens, KL to old, KL to ref,
+program per row loops over T and also emits per-row partial sums (loss, clipped tokens, dual-clipped tokens, KL to old, KL to ref,
 entropy), reduced in torch without atomics, so results are deterministic.
 
 Stats are detached 0-dim fp32 tensors (no host sync; call .item() when logging), means over valid
@@ -26,132 +25,30 @@ tokens (0 when there are none):
 Kept: token-level ratios, dual clip, k1/k2/k3, four aggregations. Dropped: sequence-level ratios
 (GSPO), soft gates (SAPO), importance-sampling corrections; the trainer does not use them.
 
-The per-token math is exported for a fused hidden-states path: `token_loss_terms` gives each
-token's loss and d loss/d logp, `token_weights` each token's coefficient in the aggregate, so
-dL/dlogp[b, t] = token_weights[b, t] * token_loss_terms(...).dloss_dlogp[b, t].
+The per-token math lives in kernels/loss_terms.py (shared with the fused hidden-states loss):
+`token_loss_terms` gives each token's loss and d loss/d logp, so
+dL/dlogp[b, t] = token_weight[b, t] * token_loss_terms(...).dloss_dlogp[b, t].
 """
 from __future__ import annotations
-
-from typing import NamedTuple
 
 import torch
 
 from fastzero.kernels import reference
-from fastzero.kernels._dispatch import backend_for, triton_importable
-from fastzero.kernels._utils import FLOAT_DTYPES, MASK_DTYPES, check_number, check_tensor, check_token_weight
+from fastzero.kernels._dispatch import backend_for
+from fastzero.kernels._utils import (CLIPPED, DUAL_CLIPPED, ENTROPY, FLOAT_DTYPES, HAS_TRITON, KL_OLD, KL_REF, LOSS,
+                                     MASK_DTYPES, NUM_STAT_SUMS, check_choice, check_number, check_tensor,
+                                     check_token_weight, tl, triton)
 from fastzero.kernels.aggregation import AGGREGATIONS, check_aggregation, token_weights
+from fastzero.kernels.loss_terms import KL_TYPES, TokenLossTerms, token_loss_terms
 
-KL_TYPES = ("k1", "k2", "k3")
-# Column order of the per-row partial sums the kernel writes.
-_LOSS, _CLIPPED, _DUAL_CLIPPED, _KL_OLD, _KL_REF, _ENTROPY = range(6)
-_NUM_PARTIALS = 6
-
-
-# ---- the per-token math, shared by the torch path and a fused hidden-states path -----------------
-
-
-class TokenLossTerms(NamedTuple):
-    loss: torch.Tensor  # [B, T] per-token loss (unweighted)
-    dloss_dlogp: torch.Tensor  # [B, T] d loss / d logp of the same token
-    dloss_dentropy: float  # d loss / d entropy, the same for every token: -entropy_coef
-    clipped: torch.Tensor  # [B, T] bool, gradient zeroed by the ordinary clip
-    dual_clipped: torch.Tensor  # [B, T] bool, gradient zeroed by the dual clip
-    kl_old: torch.Tensor  # [B, T] (r - 1) - log r
-    kl_ref: torch.Tensor | None  # [B, T] the KL term, when ref_logp is given
-
-
-def token_loss_terms(
-    logp: torch.Tensor,
-    old_logp: torch.Tensor,
-    advantages: torch.Tensor,
-    *,
-    ref_logp: torch.Tensor | None = None,
-    entropy: torch.Tensor | None = None,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
-    dual_clip: float | None = None,
-    kl_coef: float = 0.0,
-    kl_type: str = "k3",
-    entropy_coef: float = 0.0,
-) -> TokenLossTerms:
-    """Elementwise loss and gradient of every token, in fp32, no masking (clean padding first).
-
-    advantages broadcasts ([B, 1] or [B, T]). The gradient is written out analytically (the same
-    formulas the Triton kernel uses): d pg/d logp = -A*r where no clip is active, else 0;
-    d kl/d logp = 1 (k1), logp - ref (k2), 1 - exp(ref - logp) (k3).
-    """
-    lp, old, adv = logp.float(), old_logp.float(), advantages.float()
-    ratio = torch.exp(lp - old)
-    clipped = ((adv > 0) & (ratio > 1.0 + clip_high)) | ((adv < 0) & (ratio < 1.0 - clip_low))
-    pg = torch.maximum(-adv * ratio, -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high))
-    if dual_clip is not None:
-        dual_clipped = (adv < 0) & (ratio > dual_clip)
-        pg = torch.where(dual_clipped, -adv * dual_clip, pg)
-    else:
-        dual_clipped = torch.zeros_like(clipped)
-    loss = pg
-    dlogp = torch.where(clipped | dual_clipped, 0.0, -adv * ratio)
-    kl_ref = None
-    if ref_logp is not None:
-        diff = lp - ref_logp.float()
-        if kl_type == "k1":
-            kl_ref, dkl = diff, torch.ones_like(diff)
-        elif kl_type == "k2":
-            kl_ref, dkl = 0.5 * diff * diff, diff
-        else:
-            back = torch.exp(-diff)
-            kl_ref, dkl = back + diff - 1.0, 1.0 - back
-        loss = loss + kl_coef * kl_ref
-        dlogp = dlogp + kl_coef * dkl
-    if entropy is not None:
-        loss = loss - entropy_coef * entropy.float()
-    kl_old = (ratio - 1.0) - (lp - old)
-    return TokenLossTerms(loss, dlogp, -entropy_coef, clipped, dual_clipped, kl_old, kl_ref)
-
+__all__ = ["policy_loss", "token_loss_terms", "token_weights", "TokenLossTerms", "AGGREGATIONS", "KL_TYPES"]
 
 # ---- the Triton kernel ----------------------------------------------------------------------------
 
-if triton_importable():
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def _clipped_pg(lp, old, adv, clip_low, clip_high, dual_clip, HAS_DUAL_CLIP: tl.constexpr):
-        """PPO's clipped policy-gradient term per token, and its derivative in logp.
-
-        Returns (ratio, loss, dloss/dlogp, clipped, dual): `clipped`/`dual` mark tokens whose gradient
-        the ordinary / dual clip zeroes (dual is all False without a dual clip). Shared by this
-        kernel and the fused hidden-states loss (kernels/fused_policy_loss.py).
-        """
-        ratio = tl.exp(lp - old)
-        clipped = ((adv > 0) & (ratio > 1.0 + clip_high)) | ((adv < 0) & (ratio < 1.0 - clip_low))
-        clipped_ratio = tl.minimum(tl.maximum(ratio, 1.0 - clip_low), 1.0 + clip_high)
-        loss = tl.maximum(-adv * ratio, -adv * clipped_ratio)
-        dual = clipped & (ratio != ratio)  # all False (ratio is never NaN here)
-        if HAS_DUAL_CLIP:
-            dual = (adv < 0) & (ratio > dual_clip)
-            loss = tl.where(dual, -adv * dual_clip, loss)
-        dlogp = tl.where(clipped | dual, 0.0, -adv * ratio)
-        return ratio, loss, dlogp, clipped, dual
-
-    @triton.jit
-    def _kl_and_grad(diff, KL_TYPE: tl.constexpr):
-        """KL estimate to the reference and its derivative in logp, from diff = logp - ref_logp.
-
-        k1 = diff; k2 = diff^2 / 2; k3 = exp(-diff) + diff - 1 (Schulman's unbiased, >= 0 estimator).
-        Shared by this kernel and the fused hidden-states loss (kernels/fused_policy_loss.py).
-        """
-        if KL_TYPE == 0:
-            kl = diff
-            dkl = diff * 0.0 + 1.0
-        elif KL_TYPE == 1:
-            kl = 0.5 * diff * diff
-            dkl = diff
-        else:
-            back = tl.exp(-diff)
-            kl = back + diff - 1.0
-            dkl = 1.0 - back
-        return kl, dkl
+if HAS_TRITON:
+    from fastzero.kernels._utils import (CLIPPED_C, DUAL_CLIPPED_C, ENTROPY_C, KL_OLD_C, KL_REF_C, LOSS_C,
+                                         NUM_STAT_SUMS_C)
+    from fastzero.kernels.loss_terms import clipped_pg, kl_and_grad
 
     @triton.jit
     def _policy_loss_fwd_kernel(
@@ -189,13 +86,13 @@ if triton_importable():
             old = tl.load(old_ptr + offs, mask=valid, other=0.0).to(tl.float32)
             adv = tl.load(adv_ptr + row * adv_stride_b + cols * adv_stride_t, mask=valid, other=0.0)
             adv = adv.to(tl.float32)
-            ratio, loss, dlogp, clipped, dual = _clipped_pg(lp, old, adv, clip_low, clip_high, dual_clip,
+            ratio, loss, dlogp, clipped, dual = clipped_pg(lp, old, adv, clip_low, clip_high, dual_clip,
                                                             HAS_DUAL_CLIP)
             if HAS_DUAL_CLIP:
                 acc_dual += tl.where(valid & dual, 1.0, 0.0)
             if HAS_REF:
                 diff = lp - tl.load(ref_ptr + offs, mask=valid, other=0.0).to(tl.float32)
-                kl, dkl = _kl_and_grad(diff, KL_TYPE)
+                kl, dkl = kl_and_grad(diff, KL_TYPE)
                 loss += kl_coef * kl
                 dlogp += kl_coef * dkl
                 acc_kl_ref += tl.where(valid, kl, 0.0)
@@ -210,13 +107,13 @@ if triton_importable():
                 tl.store(dlogp_ptr + offs, tl.where(valid, dlogp * weight, 0.0), mask=cols < T)
             if WRITE_DENT:
                 tl.store(dent_ptr + offs, tl.where(valid, -entropy_coef * weight, 0.0), mask=cols < T)
-        out = partials_ptr + row * 6
-        tl.store(out + 0, tl.sum(acc_loss, axis=0))
-        tl.store(out + 1, tl.sum(acc_clipped, axis=0))
-        tl.store(out + 2, tl.sum(acc_dual, axis=0))
-        tl.store(out + 3, tl.sum(acc_kl_old, axis=0))
-        tl.store(out + 4, tl.sum(acc_kl_ref, axis=0))
-        tl.store(out + 5, tl.sum(acc_ent, axis=0))
+        out = partials_ptr + row * NUM_STAT_SUMS_C
+        tl.store(out + LOSS_C, tl.sum(acc_loss, axis=0))
+        tl.store(out + CLIPPED_C, tl.sum(acc_clipped, axis=0))
+        tl.store(out + DUAL_CLIPPED_C, tl.sum(acc_dual, axis=0))
+        tl.store(out + KL_OLD_C, tl.sum(acc_kl_old, axis=0))
+        tl.store(out + KL_REF_C, tl.sum(acc_kl_ref, axis=0))
+        tl.store(out + ENTROPY_C, tl.sum(acc_ent, axis=0))
 
 
 def _forward_triton(logp, old_logp, adv, valid_u8, ref_logp, entropy, token_weight, clip_low, clip_high,
@@ -224,7 +121,7 @@ def _forward_triton(logp, old_logp, adv, valid_u8, ref_logp, entropy, token_weig
     batch, length = logp.shape
     dlogp = torch.empty((batch, length), device=logp.device, dtype=torch.float32) if write_dlogp else None
     dent = torch.empty((batch, length), device=logp.device, dtype=torch.float32) if write_dent else None
-    partials = torch.empty((batch, _NUM_PARTIALS), device=logp.device, dtype=torch.float32)
+    partials = torch.empty((batch, NUM_STAT_SUMS), device=logp.device, dtype=torch.float32)
     block_t = min(triton.next_power_of_2(length), 1024)
     _policy_loss_fwd_kernel[(batch,)](
         logp, old_logp, adv, valid_u8,
@@ -284,7 +181,7 @@ class _PolicyLossFunction(torch.autograd.Function):
         ctx.save_for_backward(dlogp, dent)
         ctx.dtypes = (logp.dtype, None if entropy is None else entropy.dtype)
         ctx.mark_non_differentiable(partials)
-        return partials[:, _LOSS].sum(), partials
+        return partials[:, LOSS].sum(), partials
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_partials):
@@ -334,8 +231,7 @@ def _validate(logp, old_logp, advantages, mask, ref_logp, clip_low, clip_high, d
         check_number("dual_clip", dual_clip, above=1.0)
     check_number("kl_coef", kl_coef, minimum=0.0)
     check_number("entropy_coef", entropy_coef)
-    if kl_type not in KL_TYPES:
-        raise ValueError(f"kl_type={kl_type!r} is not one of {', '.join(KL_TYPES)}")
+    check_choice("kl_type", kl_type, KL_TYPES)
     if kl_coef != 0 and ref_logp is None:
         raise ValueError(f"kl_coef={kl_coef} needs ref_logp (the reference model's log-probs)")
     if entropy_coef != 0 and entropy is None:
@@ -391,11 +287,11 @@ def policy_loss(
     )
     n_valid = valid_u8.sum(dtype=torch.float32).clamp(min=1.0)
     sums = partials.sum(dim=0) / n_valid
-    stats = {"clip_frac": sums[_CLIPPED], "approx_kl_old": sums[_KL_OLD]}
+    stats = {"clip_frac": sums[CLIPPED], "approx_kl_old": sums[KL_OLD]}
     if dual_clip is not None:
-        stats["dual_clip_frac"] = sums[_DUAL_CLIPPED]
+        stats["dual_clip_frac"] = sums[DUAL_CLIPPED]
     if ref_logp is not None:
-        stats["kl_ref"] = sums[_KL_REF]
+        stats["kl_ref"] = sums[KL_REF]
     if entropy is not None:
-        stats["entropy"] = sums[_ENTROPY]
+        stats["entropy"] = sums[ENTROPY]
     return loss, stats
