@@ -12,9 +12,6 @@ tokens with garbage inputs, the forward-only path, tied weights, equality with t
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -26,7 +23,8 @@ from fastzero.kernels import reference as R
 from fastzero.kernels.fused_policy_loss import fused_linear_policy_loss
 from fastzero.kernels.logprob import fused_logprobs
 from fastzero.kernels.policy_loss import AGGREGATIONS, policy_loss, token_weights
-from tests._helpers import assert_close_o1, assert_grad_close, fp32_rtol, stored_rtol
+from tests._helpers import (LogitsOracle, assert_close_o1, assert_grad_close, assert_within_terms, fp32_rtol,
+                            stored_rtol)
 
 LENGTHS = (11, 9, 0, 10, 7)  # B=5 rows of T=11 with an empty row: N=37 response tokens
 H, V = 48, 1001
@@ -98,12 +96,11 @@ def run_ours(batch, agg, upstream, padded=False, **options):
     return loss.detach(), stats, hidden.grad, weight.grad
 
 
-def run_oracle(batch, agg, upstream, with_ref=True, **options):
-    """float64: materialized logits -> log_softmax -> gather/entropy -> reference.policy_loss."""
-    hidden = batch["hidden"].detach().double().requires_grad_()
-    weight = batch["weight"].detach().double().requires_grad_()
-    temperature = options.pop("temperature", 1.0)
-    logp, entropy = R.fused_logprobs(hidden, weight, batch["targets"], temperature=temperature, return_entropy=True)
+def run_oracle(batch, agg, upstream, with_ref=True, terms=False, **options):
+    """float64: materialized logits -> log_softmax -> gather/entropy -> reference.policy_loss; with
+    terms, also the sizes of the sums behind grad_hidden and grad_weight (tests/_helpers.py)."""
+    oracle = LogitsOracle(batch["hidden"], batch["weight"], batch["targets"], options.pop("temperature", 1.0))
+    hidden, weight, logp, entropy = oracle.hidden, oracle.weight, oracle.logp, oracle.entropy
     mask = batch["mask"]
 
     def to_bt(x):  # response tokens -> [B, T] with zeros on padding
@@ -115,6 +112,9 @@ def run_oracle(batch, agg, upstream, with_ref=True, **options):
         **options,
     )
     (loss * upstream.double()).backward()
+    if terms:
+        return (loss.detach(), stats, hidden.grad, weight.grad, oracle.hidden_terms(), oracle.weight_terms(),
+                oracle.grad_rel(batch["hidden"].dtype))
     return loss.detach(), stats, hidden.grad, weight.grad
 
 
@@ -122,7 +122,8 @@ def check_against_oracle(batch, agg, **options):
     upstream = torch.tensor(0.5 + torch.rand(1, generator=torch.Generator().manual_seed(3)).item())
     loss, stats, grad_hidden, grad_weight = run_ours(batch, agg, upstream.to(batch["hidden"].device), **options)
     with_ref = options.pop("with_ref", False) or options.get("kl_coef", 0) != 0
-    want_loss, want_stats, want_gh, want_gw = run_oracle(batch, agg, upstream, with_ref=with_ref, **options)
+    want_loss, want_stats, want_gh, want_gw, gh_terms, gw_terms, terms_rel = run_oracle(
+        batch, agg, upstream, with_ref=with_ref, terms=True, **options)
     n, h = batch["hidden"].shape
     rel, grad_rel = tolerances(batch["hidden"].dtype, n, h, batch["weight"].shape[0])
     assert_close_o1(loss, want_loss, rel, msg="loss")
@@ -131,8 +132,8 @@ def check_against_oracle(batch, agg, **options):
         if name in stats:
             assert_close_o1(stats[name], want_stats[name], rel, msg=name)
     assert grad_hidden.dtype == grad_weight.dtype == batch["hidden"].dtype
-    assert_grad_close(grad_hidden, want_gh, grad_rel)
-    assert_grad_close(grad_weight, want_gw, grad_rel)
+    assert_within_terms(grad_hidden, want_gh, gh_terms, terms_rel)
+    assert_within_terms(grad_weight, want_gw, gw_terms, terms_rel)
     return stats
 
 
@@ -328,33 +329,6 @@ def test_random_shapes_match_reference(lengths, h, v, temperature, rows, path, a
         mp.setattr(LP, "CHUNK_BUDGET_BYTES", rows * v * 8)
         batch = make_batch(tuple(lengths), h, v, device=device, seed=len(lengths) * 100 + v, temperature=temperature)
         check_against_oracle(batch, agg, **(OPTIONS | dict(temperature=temperature)))
-
-
-COMPILE_FOR_H100 = """
-import itertools
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from fastzero.kernels.fused_policy_loss import _token_loss_kernel as kernel
-types = ["*fp32"] * 8 + ["i32", "i32"] + ["fp32"] * 5 + ["constexpr"] * 4
-for has_ref, has_dual_clip, kl_type in itertools.product([False, True], [False, True], [0, 1, 2]):
-    constants = {"HAS_REF": has_ref, "HAS_DUAL_CLIP": has_dual_clip, "KL_TYPE": kl_type, "BLOCK": 1024}
-    source = ASTSource(fn=kernel, signature=dict(zip(kernel.arg_names, types)), constexprs=constants)
-    assert triton.compile(source, target=GPUTarget("cuda", 90, 32)).asm.get("cubin"), constants
-print("compiled 12 variants")
-"""
-
-
-def test_token_loss_kernel_compiles_for_h100_without_a_gpu(tmp_path):
-    """The interpreter accepts things the GPU compiler rejects (non-constexpr globals, dtype mixes):
-    compile every variant of the kernel to an sm_90 cubin offline (Triton ships ptxas; no driver
-    needed). In a fresh process without TRITON_INTERPRET (the interpreter patches triton.language
-    while kernels run) and with a private cache, so each run really compiles."""
-    pytest.importorskip("triton")
-    env = {k: x for k, x in os.environ.items() if k != "TRITON_INTERPRET"} | {"TRITON_CACHE_DIR": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-c", COMPILE_FOR_H100], env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0 and "compiled 12 variants" in done.stdout, done.stderr[-3000:]
 
 
 def _bad(**changes):

@@ -38,6 +38,8 @@ def make_inputs(B, T, dtype, device, *, seed=0, adv_per_token=False, empty_row=T
     logp = -torch.rand(B, T, generator=gen) * 3.0
     old = logp + 0.3 * torch.randn(B, T, generator=gen)
     ref = logp + 0.3 * torch.randn(B, T, generator=gen)
+    # Sampler log-probs: the trainer's old ones plus a mismatch wide enough to cross a cap of 1.5.
+    rollout = old + 0.3 * torch.randn(B, T, generator=gen)
     entropy = torch.rand(B, T, generator=gen) * 2.0
     adv = torch.randn((B, T) if adv_per_token else (B,), generator=gen)
     mask = torch.rand(B, T, generator=gen) < 0.7
@@ -47,12 +49,14 @@ def make_inputs(B, T, dtype, device, *, seed=0, adv_per_token=False, empty_row=T
     logp = logp.masked_fill(~mask, float("inf"))
     old = old.masked_fill(~mask, float("nan"))
     ref = ref.masked_fill(~mask, -float("inf"))
+    rollout = rollout.masked_fill(~mask, float("nan"))
     cast = {"device": device, "dtype": dtype}
     return dict(logp=logp.to(**cast), old_logp=old.to(**cast), advantages=adv.to(**cast),
-                mask=mask.to(device), ref_logp=ref.to(**cast), entropy=entropy.to(**cast))
+                mask=mask.to(device), ref_logp=ref.to(**cast), entropy=entropy.to(**cast),
+                rollout_logp=rollout.to(**cast))
 
 
-def run(fn, inputs, grad_scale, *, with_ref=True, with_entropy=True, **options):
+def run(fn, inputs, grad_scale, *, with_ref=True, with_entropy=True, with_rollout=False, **options):
     """Loss, stats, d(grad_scale * loss)/d logp and /d entropy; float64 inputs when fn is the oracle."""
     as64 = fn is reference.policy_loss
     prep = (lambda x: x.double()) if as64 else (lambda x: x)
@@ -60,25 +64,30 @@ def run(fn, inputs, grad_scale, *, with_ref=True, with_entropy=True, **options):
     entropy = prep(inputs["entropy"]).detach().requires_grad_(True) if with_entropy else None
     loss, stats = fn(
         logp, prep(inputs["old_logp"]), prep(inputs["advantages"]), inputs["mask"],
-        ref_logp=prep(inputs["ref_logp"]) if with_ref else None, entropy=entropy, **options,
+        ref_logp=prep(inputs["ref_logp"]) if with_ref else None, entropy=entropy,
+        rollout_logp=prep(inputs["rollout_logp"]) if with_rollout else None, **options,
     )
     (loss * grad_scale).backward()
     return loss, stats, logp.grad, None if entropy is None else entropy.grad
 
 
-def abs_loss_sum(inputs, options, with_ref=True, with_entropy=True) -> float:
-    """sum |token_weight * per-token loss|: the size of the loss' reduction, for its rounding bound."""
+def abs_loss_sum(inputs, options, with_ref=True, with_entropy=True, with_rollout=False) -> float:
+    """sum |token_weight * per-token loss|: the size of the loss' reduction, for its rounding bound
+    (a mismatch weight is at most is_cap: the bound scales by it)."""
     valid = inputs["mask"]
     clean = {k: torch.where(valid, inputs[k].float(), 0.0) for k in ("logp", "old_logp", "ref_logp", "entropy")}
     adv = inputs["advantages"].float()
-    term_options = {k: v for k, v in options.items() if k not in ("agg", "norm_len", "token_weight")}
+    seq_log_ratio = ((clean["logp"] - clean["old_logp"]).sum(dim=1, keepdim=True)
+                     / valid.sum(dim=1, keepdim=True).clamp(min=1))
+    skip = ("agg", "norm_len", "token_weight", "is_correction", "is_level", "is_cap")
     terms = token_loss_terms(clean["logp"], clean["old_logp"], adv[:, None] if adv.dim() == 1 else adv,
                              ref_logp=clean["ref_logp"] if with_ref else None,
-                             entropy=clean["entropy"] if with_entropy else None, **term_options)
+                             entropy=clean["entropy"] if with_entropy else None, seq_log_ratio=seq_log_ratio,
+                             **{k: v for k, v in options.items() if k not in skip})
     weights = options.get("token_weight")
     if weights is None:
         weights = token_weights(valid, options.get("agg") or "token-mean", options.get("norm_len"))
-    return float((weights * terms.loss).abs().sum())
+    return float((weights * terms.loss).abs().sum()) * max(1.0, options.get("is_cap", 2.0) if with_rollout else 1.0)
 
 
 def assert_matches_oracle(inputs, options, **which):
