@@ -105,3 +105,43 @@ def test_the_critic_loss_splits_the_same_way(tmp_path):
         for name in reference:
             assert_grad_close(grads[name], reference[name], rel)
         assert stats["critic/loss"] == pytest.approx(ref_stats["critic/loss"], rel=rel)
+
+
+class _Recording:
+    """The real rollout engine, with a log of the memory calls around the update."""
+
+    def __init__(self, engine):
+        self.engine, self.calls = engine, []
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def release_memory(self):
+        self.calls.append("release")
+        self.engine.release_memory()
+
+    def resume_memory(self):
+        self.calls.append("resume")
+        self.engine.resume_memory()
+
+
+def test_a_non_finite_step_still_gives_the_engine_its_memory_back(grpo_run, monkeypatch):
+    import fastzero.trainer as trainer_module
+    from fastzero.optim import NonFiniteError
+
+    run, _, _ = grpo_run
+    run.config.algorithm.micro_batch_tokens = 10**6
+    real = trainer_module.fused_linear_policy_loss
+
+    def poisoned(*args, **kwargs):
+        loss, stats = real(*args, **kwargs)
+        return loss * float("nan"), stats
+
+    monkeypatch.setattr(trainer_module, "fused_linear_policy_loss", poisoned)
+    engine = _Recording(run.engine)
+    trainer = Trainer.from_run(run)
+    trainer.engine = engine
+    run.config.algorithm.fused_loss = True
+    with pytest.raises(NonFiniteError, match="loss"):
+        trainer.step(1)
+    assert engine.calls == ["release", "resume"]
