@@ -52,7 +52,8 @@ __all__ = ["NonFiniteError", "Trainer"]
 class Trainer:
     def __init__(self, config: Config, *, models, optimizers: Optimizers, engine: RolloutEngine, data: TaskData,
                  decode: Decoder, scorer: Scorer, state: TrainState, shuffle_generator: torch.Generator,
-                 device: torch.device, pad_id: int, stop_ids: tuple[int, ...], dist: DistContext = SINGLE):
+                 device: torch.device, pad_id: int, stop_ids: tuple[int, ...], correct_reward: float | None = None,
+                 dist: DistContext = SINGLE):
         self.cfg, self.models, self.optimizers, self.engine = config, models, optimizers, engine
         # Under torchrun each rank trains a contiguous slice of every step's prompts; the step's
         # global row of this rank's local row 0 (see fastzero/distributed.py for the whole split).
@@ -60,13 +61,15 @@ class Trainer:
         self.data, self.decode, self.scorer, self.state = data, decode, scorer, state
         self.shuffle_generator, self.device, self.pad_id, self.stop_ids = shuffle_generator, device, pad_id, stop_ids
         self.timer = PhaseTimer(state.phase_seconds)
+        # Accuracy counts rewards >= this: the task's (or --correct-score for a user reward).
+        self.correct_reward = config.algorithm.correct_score if correct_reward is None else correct_reward
 
     @classmethod
     def from_run(cls, run) -> "Trainer":
         return cls(run.config, models=run.models, optimizers=run.optimizers, engine=run.engine, data=run.data,
                    decode=run.decode_responses, scorer=run.scorer, state=run.state,
                    shuffle_generator=run.shuffle_generator, device=run.device, pad_id=run.pad_id,
-                   stop_ids=run.stop_ids, dist=run.dist)
+                   stop_ids=run.stop_ids, correct_reward=run.scorer.correct_reward, dist=run.dist)
 
     # ---- one RL step -----------------------------------------------------------------------------
     def step(self, step: int) -> tuple[dict[str, float], Episodes]:
@@ -89,31 +92,32 @@ class Trainer:
         kl = (old_logp - ref_logp) * batch.response_mask if ref_logp is not None else None
         advantages, returns = self.advantages(scores.to(self.device), batch.response_mask, old_values, kl)
 
-        with self.timer.phase("update"):
-            self.engine.release_memory()
-            try:
+        try:
+            with self.timer.phase("update"), self.engine.memory_released():
                 stats = self.update(batch, old_logp, ref_logp, advantages, old_values, returns, carries_gradient)
-            finally:  # a skipped (non-finite) step must leave the engine able to generate
-                self.engine.resume_memory()
-        with self.timer.phase("sync"):
-            self.engine.update_weights(self.models.policy)
+        finally:  # also after a skipped (non-finite) step: a resumed SGLang engine needs its weights back
+            with self.timer.phase("sync"):
+                self.engine.update_weights(self.models.policy)
 
         generated = int(batch.response_mask.sum())
         tokens = int(batch.attention_mask.sum())
         kl_ref = float(kl.sum() / batch.response_mask.sum().clamp(min=1)) if kl is not None else None
+        failures = episodes.reward_failures
         if self.dist.enabled:  # the step's numbers over all ranks' rows
             scores = all_gather_rows(scores, self.dist)
             sums = reduce_sums({"generated": generated, "tokens": tokens, "kl": float(kl.sum()) if kl is not None else 0.0}, self.dist)
             generated, tokens = int(sums["generated"]), int(sums["tokens"])
             kl_ref = sums["kl"] / max(1, generated) if kl is not None else None
+            failures = {key: int(value) for key, value in reduce_sums(failures, self.dist).items()}
         self.state.tokens += tokens
-        correct = (scores == a.correct_score).float()
+        correct = (scores >= self.correct_reward).float()
         row = {
             "step": step,
             "reward/mean": float(scores.mean()),
             "accuracy/train": float(correct.mean()),
             "response/length": generated / max(1, len(scores)),
             "groups/zero_variance": _zero_variance_share(scores, r.samples_per_prompt),
+            **failures,
             **stats,
         }
         if kl_ref is not None:
@@ -309,16 +313,18 @@ class Trainer:
                                     stop_token_ids=self.stop_ids)
             episodes = sample_episodes(self.engine, [self.data.prompt_ids(p) for p in problems], problems, params,
                                        decode=self.decode, scorer=self.scorer)
-        scores = episodes.scores
-        if self.dist.enabled:
+        scores, failures = episodes.scores, episodes.reward_failures
+        if self.dist.enabled:  # each rank scored its slice: gather the scores in order, sum the failures
             scores = [score for part in all_gather_object(scores, self.dist) for score in part]
-        return held_out_result(scores, self.cfg.algorithm.correct_score)
+            failures = {key: int(value) for key, value in reduce_sums(failures, self.dist).items()}
+        failures = {"eval/" + name.replace("/", "_"): count for name, count in failures.items()}
+        return {**held_out_result(scores, self.correct_reward), **failures}
 
 
-def held_out_result(scores: list[float], correct_score: float) -> dict[str, Any]:
-    """eval/accuracy (share of exactly correct answers), eval/mean_reward and eval/n."""
+def held_out_result(scores: list[float], correct_reward: float) -> dict[str, Any]:
+    """eval/accuracy (share of correct answers: reward >= correct_reward), eval/mean_reward and eval/n."""
     n = max(1, len(scores))
-    return {"eval/accuracy": sum(s == correct_score for s in scores) / n,
+    return {"eval/accuracy": sum(s >= correct_reward for s in scores) / n,
             "eval/mean_reward": sum(scores) / n, "eval/n": len(scores)}
 
 
