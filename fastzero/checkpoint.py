@@ -6,6 +6,8 @@ else the trainer needs to continue bit-identically (`trainer_state.pt`: step, RN
 position, counters). It is written under a temporary name and renamed into place in one step, then
 the `latest` pointer file is replaced atomically: a run killed at any moment leaves either the old
 or the new checkpoint, never half of one. Older checkpoints beyond `keep` are deleted afterwards.
+Each checkpoint carries `manifest.json` (sizes and SHA-256 of its files): resume verifies it and
+falls back to the newest intact checkpoint (fastzero/manifest.py).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import Any
 import torch
 
 from .atomic import TMP_PREFIX, atomic_directory, atomic_write_text
+from .manifest import write_manifest
 
 LATEST = "latest"
 
@@ -36,6 +39,7 @@ def save_checkpoint(root: str, step: int, *, models: dict[str, Any], optimizer_s
             tokenizer.save_pretrained(os.path.join(tmp, "policy"))
         torch.save(optimizer_state, os.path.join(tmp, "optimizers.pt"))
         torch.save(state, os.path.join(tmp, "trainer_state.pt"))
+        write_manifest(str(tmp))  # last: sizes and checksums of everything above (fastzero/manifest.py)
     atomic_write_text(os.path.join(root, LATEST), name + "\n")
     _prune(root, keep=keep, current=name)
     return final

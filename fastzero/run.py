@@ -74,6 +74,7 @@ class Run:
         self.engine = _make_engine(cfg, policy, model_path, backends.dtype, self.stop_ids, self.pad_id)
         self.state = TrainState()
         self.checkpoints = os.path.join(output_dir, "checkpoints")
+        self.saved_step: int | None = None  # step of the newest checkpoint on disk (resume.py keeps it)
         resume_step = None
         if resume:
             from .resume import restore_run

@@ -100,6 +100,11 @@ def acquire_lock(directory: str) -> RunLock:
     return RunLock(directory, fd)
 
 
+def resume_refusal(path: str) -> str | None:
+    """Why `--resume path` cannot continue a run there (None: it can)."""
+    return _refusal(path, resume=True)
+
+
 def _refusal(path: str, *, resume: bool) -> str | None:
     """Why a run (fresh or resumed) may not use `path`, judged from what it holds now."""
     option = "--resume" if resume else "--output-dir"

@@ -65,7 +65,9 @@ class _Watched:
     def __init__(self, argv: list[str], out: Path):
         self.latest = out / "checkpoints" / "latest"
         self.latest_before = _mtime(self.latest)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+        # As a CPU user runs it: the kernels' PyTorch path, not the Triton interpreter the tests set.
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
         self.started = time.monotonic()
         self.proc = subprocess.Popen([sys.executable, "-m", "fastzero.train", *argv], cwd=REPO, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -9,9 +9,6 @@ import pytest
 
 from tests._interrupt import TINY, assert_same_run, interrupted_run, random_plans, reference_run
 
-MID_STEP_BUG = pytest.mark.xfail(reason="issue 14: a signal mid-step saves a checkpoint mixing steps N and N+1 "
-                                        "(fixed on the trainer after the architecture pass)")
-
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
@@ -27,7 +24,6 @@ def _check(reference, tmp_path, plans) -> None:
     assert_same_run(expected, out, story)
 
 
-@MID_STEP_BUG
 def test_sigint_and_sigterm_mid_training_resume_bit_identically(reference, tmp_path):
     plans = random_plans(14, 2, reference[1], signals=(signal.SIGINT, signal.SIGTERM), windows=("checkpoint",),
                          second_shot=0.0)
@@ -35,7 +31,6 @@ def test_sigint_and_sigterm_mid_training_resume_bit_identically(reference, tmp_p
 
 
 @pytest.mark.slow
-@MID_STEP_BUG
 @pytest.mark.parametrize("seed", range(8))
 def test_random_interruptions_of_every_kind_resume_bit_identically(reference, tmp_path, seed):
     """The long sweep: three interruptions per run, any signal, any window, sometimes two signals."""
