@@ -12,19 +12,26 @@ import argparse
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
-from . import config as C
 from .interrupts import EXIT_CODE, Interrupts
 from .resume_rules import check_config_file_keys, check_resume
 from .rundir import CONFIG_NAME, RunDirError, claim, resume_refusal
 
+if TYPE_CHECKING:
+    from .config import Config
+
 DEFAULT_PRESET = "tiny-cpu"
+# fastzero.config (and through it torch) is imported inside the functions below, after main() has
+# installed the signal handlers: a Ctrl-C during those seconds of imports is then a clean exit.
 
 _SECTION_TITLES = {"model": "model", "data": "data", "rollout": "rollout", "algorithm": "algorithm",
                    "optimizer": "optimizer", "run": "run, logging and checkpoints"}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import config as C
+
     parser = argparse.ArgumentParser(
         prog="python -m fastzero.train", description=__doc__.split("\n\n")[1].strip(),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -43,9 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(argv: list[str] | None) -> C.Config:
+def config_from_args(argv: list[str] | None) -> Config:
     """Preset, then config file, then flags; or, with --resume, the run's saved config, then the
     config file and flags, of which only the options that may change on resume may differ."""
+    from . import config as C
+
     args = vars(build_parser().parse_args(argv))
     preset, config_file = args.pop("preset"), args.pop("config")
     file_options = C.read_config_file(config_file) if config_file else {}

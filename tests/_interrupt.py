@@ -29,6 +29,9 @@ BANNER = "FastZero: "  # printed by fastzero.train once the run is built
 TINY = ["--num-train", "300", "--num-test", "16", "--prompts-per-step", "4", "--samples-per-prompt", "4",
         "--mini-batch-size", "8", "--eval-every", "2", "--save-every", "1", "--progress", "false",
         "--threads", "1", "--max-steps", "4"]
+# Before Python has run fastzero's first lines (interpreter start-up, ~0.1 s) a signal ends the
+# process the way Python does; nothing has been written then. Start-up shots come later than this.
+PYTHON_STARTUP = 1.0
 SIGNAL_NAMES = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM", signal.SIGKILL: "SIGKILL"}
 
 
@@ -159,11 +162,12 @@ def random_plans(seed: int, count: int, profile: "Profile", *, signals=(signal.S
     `windows` (start-up, the first evaluation and step, mid-training, sized by `profile`); with
     probability `second_shot` a second SIGINT/SIGTERM follows within half a second (during the save)."""
     rng = random.Random(seed)
-    length = {"start": profile.startup, "banner": profile.first_step, "checkpoint": profile.step}
+    window = {"start": (PYTHON_STARTUP, max(PYTHON_STARTUP, profile.startup)), "banner": (0.0, profile.first_step),
+              "checkpoint": (0.0, profile.step)}
     plans = []
     for _ in range(count):
         anchor = rng.choice(windows)
-        shots = [Shot(rng.choice(signals), anchor, rng.uniform(0.0, length[anchor]))]
+        shots = [Shot(rng.choice(signals), anchor, rng.uniform(*window[anchor]))]
         if shots[0].sig != signal.SIGKILL and rng.random() < second_shot:
             shots.append(Shot(rng.choice((signal.SIGINT, signal.SIGTERM)), anchor,
                               shots[0].delay + rng.uniform(0.01, 0.5)))
