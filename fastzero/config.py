@@ -16,7 +16,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastzero.kernels.policy_loss import AGGREGATIONS, KL_TYPES
+from fastzero.kernels.aggregation import AGGREGATIONS
+from fastzero.kernels.policy_loss import KL_TYPES
 
 from .algorithms import ALGORITHMS, GROUP_METHODS, TOKEN_METHODS
 from .model import ATTN_IMPLEMENTATIONS, DEVICES, DTYPES
