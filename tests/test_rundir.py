@@ -116,3 +116,17 @@ def test_of_runs_started_together_in_one_new_directory_exactly_one_proceeds(tmp_
         p.wait(timeout=60)
     assert outputs.count("won") == 1, outputs
     assert all("in use by another FastZero run" in o for o in outputs if o != "won"), outputs
+
+
+def test_main_refuses_a_directory_another_run_holds(tmp_path, capsys):
+    from fastzero.train import main
+
+    out = tmp_path / "run"
+    holder = _holder(out)
+    try:
+        assert main(["--output-dir", str(out), "--max-steps", "0"]) == 2
+        assert f"in use by another FastZero run (pid {holder.pid})" in capsys.readouterr().err
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert os.listdir(out) == [LOCK_NAME]  # the refused run wrote nothing
