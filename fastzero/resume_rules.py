@@ -40,13 +40,14 @@ def refused_changes(saved: dict[str, Any], given: dict[str, Any]) -> list[str]:
     return refused
 
 
-def check_resume(saved: dict[str, Any], given: dict[str, Any], *, resume_dir: str) -> None:
-    """Raise ValueError naming every refused option; `given` are the options the user set now."""
+def check_resume(saved: dict[str, Any], given: dict[str, Any], *, resume_dir: str, restart: bool = False) -> None:
+    """Raise ValueError naming every refused option; `given` are the options the user set now.
+    `restart`: the run has no checkpoint yet, so it starts over and any option may change."""
     output_dir = given.get("output_dir")
     if output_dir is not None and os.path.abspath(output_dir) != os.path.abspath(resume_dir):
         raise ValueError(f"--resume {resume_dir} continues the run in that directory; --output-dir {output_dir} "
                          "cannot move it (copy the directory first to fork a run)")
-    refused = refused_changes(saved, given)
+    refused = [] if restart else refused_changes(saved, given)
     if refused:
         allowed = ", ".join(flag(name) for name in MAY_CHANGE)
         raise ValueError(f"--resume: a resumed run keeps its saved options, but these differ: {'; '.join(refused)}. "

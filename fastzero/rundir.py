@@ -124,6 +124,9 @@ def _refusal(path: str, *, resume: bool) -> str | None:
     if not entries:
         return None
     if is_run_directory(path):
+        if not any(name.startswith("step-") for name in _other_entries(os.path.join(path, "checkpoints"))):
+            return (f"--output-dir {path!r} already holds a run that has no checkpoint yet; restart it with "
+                    f"--resume {path} (any option may change until its first checkpoint) or choose another directory")
         return (f"--output-dir {path!r} already holds a run; continue it with --resume {path} "
                 "or choose another directory (nothing was overwritten)")
     shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")

@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 from .interrupts import EXIT_CODE, Interrupts
+from .manifest import step_directories
 from .resume_rules import check_config_file_keys, check_resume
 from .rundir import CONFIG_NAME, RunDirError, claim, resume_refusal
 
@@ -83,7 +84,9 @@ def config_from_args(argv: list[str] | None) -> Config:
                 raise ValueError(f"{source}{err}") from None
             given[name] = config.get(name)
     if resume:
-        check_resume(saved, given, resume_dir=resume)
+        # Until its first checkpoint a run is restarted, not continued: nothing of it is kept, so
+        # any option may change (a bad --test-path or --max-new-tokens can be fixed in place).
+        check_resume(saved, given, resume_dir=resume, restart=not step_directories(os.path.join(resume, "checkpoints")))
         config.run.output_dir = resume
     C.validate(config)
     C.check_paths(config)

@@ -97,12 +97,22 @@ def test_damaged_model_weights_name_the_file(capsys, tmp_path, model_copy, damag
     assert err.startswith("error: --model-path: ") and reason in err
 
 
-def _saved_run(tmp_path) -> str:
-    """A run directory as a run leaves it before its first checkpoint: its config.json."""
+def _saved_run(tmp_path, checkpoint: bool = True) -> str:
+    """A run directory: its config.json and (the options check only looks for it) a checkpoint."""
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps(C.from_preset("tiny-cpu").to_dict()))
+    if checkpoint:
+        (run / "checkpoints" / "step-000001").mkdir(parents=True)
     return str(run)
+
+
+def test_a_run_without_checkpoint_is_restarted_and_any_option_may_change(tmp_path):
+    from fastzero.train import config_from_args
+
+    run = _saved_run(tmp_path, checkpoint=False)  # e.g. it failed on a bad --test-path before step 1
+    config = config_from_args(["--resume", run, "--seed", "7", "--num-test", "10"])
+    assert (config.get("seed"), config.get("num_test"), config.get("output_dir")) == (7, 10, run)
 
 
 @pytest.mark.parametrize("flags, named", [
@@ -135,3 +145,12 @@ def test_a_non_run_directory_is_refused_by_main(capsys, tmp_path):
     assert main(["--resume", str(mine)]) == 2
     assert "not a FastZero run directory" in capsys.readouterr().err
     assert os.listdir(mine) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("where", ["a file", "below a file"])
+def test_an_output_dir_that_cannot_hold_a_run_is_one_line(capsys, tmp_path, where):
+    (tmp_path / "f").write_text("x")
+    out = tmp_path / "f" if where == "a file" else tmp_path / "f" / "run"
+    assert main(["--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --output-dir: ") and err.count("\n") == 1 and (tmp_path / "f").read_text() == "x"

@@ -72,6 +72,9 @@ def test_a_directory_of_other_files_is_refused_and_left_untouched(tmp_path):
 def test_a_run_is_resumed_not_restarted(tmp_path):
     out = tmp_path / "run"
     _make_run(out)
+    with pytest.raises(RunDirError, match=f"has no checkpoint yet; restart it with --resume {out}"):
+        claim(str(out), resume=False)
+    (out / "checkpoints" / "step-000001").mkdir(parents=True)
     with pytest.raises(RunDirError, match=f"already holds a run; continue it with --resume {out}"):
         claim(str(out), resume=False)
     with claim(str(out), resume=True):
