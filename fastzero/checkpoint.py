@@ -19,6 +19,7 @@ import torch
 
 from .atomic import TMP_PREFIX, atomic_directory, atomic_write_text
 from .manifest import write_manifest
+from .write_errors import as_os_error, torch_save
 
 LATEST = "latest"
 
@@ -34,11 +35,12 @@ def save_checkpoint(root: str, step: int, *, models: dict[str, Any], optimizer_s
     final = os.path.join(root, name)
     with atomic_directory(final) as tmp:  # a re-save of the same step (Ctrl-C right after a save) replaces it
         for model_name, model in models.items():
-            model.save_pretrained(os.path.join(tmp, model_name))  # safetensors by default
+            with as_os_error(os.path.join(tmp, model_name)):
+                model.save_pretrained(os.path.join(tmp, model_name))  # safetensors by default
         if tokenizer is not None:
             tokenizer.save_pretrained(os.path.join(tmp, "policy"))
-        torch.save(optimizer_state, os.path.join(tmp, "optimizers.pt"))
-        torch.save(state, os.path.join(tmp, "trainer_state.pt"))
+        torch_save(optimizer_state, os.path.join(tmp, "optimizers.pt"))
+        torch_save(state, os.path.join(tmp, "trainer_state.pt"))
         write_manifest(str(tmp))  # last: sizes and checksums of everything above (fastzero/manifest.py)
     atomic_write_text(os.path.join(root, LATEST), name + "\n")
     _prune(root, keep=keep, current=name)

@@ -127,4 +127,12 @@ def _main(argv: list[str] | None, interrupts: Interrupts) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if status == EXIT_CODE:
+        # Interrupted: leave now, with this status. Python's own exit path can replace it with
+        # "killed by SIGINT" (-2) after a KeyboardInterrupt passed through C code that ran Python
+        # (an interrupted import), although main() handled it; everything is written and closed.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)

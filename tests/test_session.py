@@ -142,20 +142,21 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(reference, tmp
 
 
 def _disk_full_on(monkeypatch, call: int):
-    real, count = ckpt_module.torch.save, [0]
+    """The `call`-th file torch writes for a checkpoint fails as on a full disk."""
+    real, count = ckpt_module.torch_save, [0]
 
-    def save(obj, path, *args, **kwargs):
+    def save(obj, path):
         count[0] += 1
         if count[0] == call:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        return real(obj, path, *args, **kwargs)
+        return real(obj, path)
 
-    monkeypatch.setattr(ckpt_module.torch, "save", save)
+    monkeypatch.setattr(ckpt_module, "torch_save", save)
 
 
 def test_disk_full_names_the_path_and_what_was_kept(reference, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    _disk_full_on(monkeypatch, call=3)  # two torch.save calls per checkpoint: the second checkpoint fails
+    _disk_full_on(monkeypatch, call=3)  # two torch files per checkpoint: the second checkpoint fails
     assert main(ARGS + ["--output-dir", str(out)]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: could not write ") and "optimizers.pt: No space left on device" in err
@@ -184,3 +185,49 @@ def test_weights_that_become_non_finite_never_report_success(tmp_path, monkeypat
     assert "no longer finite at step 1" in err and "Traceback" not in err
     assert not (out / "final").exists() and not (out / "summary.json").exists()
     assert _steps_on_disk(out) == []
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 24 MB filesystem (tmpfs) that fills up: needs root and mount rights, else skipped."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root and mount rights)")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_really_full_disk_keeps_the_last_checkpoint_and_resumes(reference, small_disk, capsys):
+    import subprocess
+
+    out = small_disk / "run"  # a checkpoint is ~13 MB: the second one does not fit next to the first
+    assert main(ARGS + ["--output-dir", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: could not write ") and "No space left on device" in err, err
+    assert "Kept: the checkpoint of step 1" in err and "Traceback" not in err
+    assert _steps_on_disk(out) == [1]
+    subprocess.run(["mount", "-o", "remount,size=200m", str(small_disk)], check=True)  # space freed
+    assert main(["--resume", str(out)]) == 0
+    assert_same_run(reference, out)
+
+
+def test_write_errors_hidden_by_torch_and_safetensors_come_back_as_os_errors(small_disk):
+    """The libraries' own wrapping, on a real full disk (what the session then reports)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from fastzero.write_errors import as_os_error, torch_save
+
+    big = {"x": torch.zeros(8 << 20)}  # 32 MB, more than the disk holds
+    with pytest.raises(OSError) as info:
+        torch_save(big, str(small_disk / "a.pt"))
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(small_disk / "a.pt")
+    (small_disk / "a.pt").unlink()
+    with pytest.raises(OSError) as info, as_os_error(str(small_disk / "m")):
+        save_file(big, str(small_disk / "m.safetensors"))
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(small_disk / "m")
