@@ -7,7 +7,8 @@ would compare different held-out sets in the summary; a changed learning rate wo
 saved optimizer state and the saved config disagree).
 
 May change: how long it runs (max steps, time limit), how often it evaluates and saves, what it
-logs and shows, the price used in the cost summary, CPU threads and the patience for bad steps.
+logs and shows, the price used in the cost summary, CPU threads, the patience for bad steps, and
+the learning rates and gradient clip (what a run stopped by non-finite steps is told to lower).
 Evaluation is greedy and draws no random numbers, so its cadence does not change the training
 trajectory; threads can change float summation order, so bit-identity with an uninterrupted run
 holds only with the same --threads.
@@ -20,6 +21,7 @@ from typing import Any
 MAY_CHANGE = (
     "max_steps", "time_limit_minutes", "eval_every", "save_every", "log_samples", "price_per_hour",
     "threads", "progress", "max_bad_steps",
+    "lr", "critic_lr", "grad_clip",  # the way back from a diverged run (saved to config.json as changed)
 )
 NOT_IN_CONFIG_FILES = ("resume",)  # a file of options describes a run; which run to resume is a flag
 

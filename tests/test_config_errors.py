@@ -117,7 +117,7 @@ def test_a_run_without_checkpoint_is_restarted_and_any_option_may_change(tmp_pat
 
 @pytest.mark.parametrize("flags, named", [
     (["--seed", "7"], ["--seed (saved 0, given 7)"]),
-    (["--num-test", "10", "--max-value", "30", "--lr", "1e-3"], ["--num-test", "--max-value", "--lr"]),
+    (["--num-test", "10", "--max-value", "30", "--weight-decay", "0.1"], ["--num-test", "--max-value", "--weight-decay"]),
     (["--output-dir", "elsewhere"], ["--output-dir elsewhere cannot move it"]),
     (["--preset", "tiny-cpu"], ["--preset tiny-cpu: cannot be combined with --resume"]),
 ])

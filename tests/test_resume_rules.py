@@ -11,7 +11,7 @@ SAVED = {"max_steps": 300, "seed": 0, "lr": 1e-4, "num_test": 500, "max_value": 
 
 def test_options_that_may_change_pass_and_unchanged_values_are_not_changes():
     given = {"max_steps": 600, "time_limit_minutes": 0.0, "eval_every": 10, "save_every": 5, "threads": 1,
-             "progress": False, "price_per_hour": 2.5, "seed": 0, "lr": 1e-4}
+             "progress": False, "price_per_hour": 2.5, "seed": 0, "lr": 1e-5}
     assert refused_changes(SAVED, given) == []
     check_resume(SAVED, {**given, "output_dir": "runs/a/"}, resume_dir="runs/a")
 
@@ -38,6 +38,6 @@ def test_resume_cannot_come_from_a_config_file():
 
 
 def test_the_allowed_list_leaves_out_everything_that_shapes_the_run():
-    for name in ("seed", "data_seed", "lr", "num_test", "train_path", "algorithm", "model_path", "device",
+    for name in ("seed", "data_seed", "weight_decay", "num_test", "train_path", "algorithm", "model_path", "device",
                  "micro_batch_tokens", "mini_batch_size", "temperature"):
         assert name not in MAY_CHANGE
