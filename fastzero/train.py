@@ -9,6 +9,7 @@ second one stops at once, keeping the last checkpoint); `--resume DIR` continues
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -116,7 +117,10 @@ def _main(argv: list[str] | None, interrupts: Interrupts) -> int:
     output_dir = config.run.output_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
     config.run.output_dir = output_dir
     try:
-        lock = claim(output_dir, resume=bool(config.run.resume))
+        # Under torchrun the first rank checks and locks the directory for the whole job; the others
+        # share it (and end when torchrun stops the job on the first rank's error).
+        first_rank = os.environ.get("RANK", "0") == "0"
+        lock = claim(output_dir, resume=bool(config.run.resume)) if first_rank else contextlib.nullcontext()
     except RunDirError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
