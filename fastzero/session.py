@@ -79,6 +79,7 @@ def train_session(config: Config, output_dir: str, interrupts: Interrupts) -> in
     from .report import Reporter, finish_run
     from .resume import NonFiniteWeights, save_run
     from .run import Run
+    from .tasks.sandbox import RewardStalled
 
     run = None
     try:
@@ -100,6 +101,9 @@ def train_session(config: Config, output_dir: str, interrupts: Interrupts) -> in
         except (NonFiniteWeights, RunStopped) as err:
             _say(f"error: {err}; kept {_kept(run)}")
             return 1
+        except RewardStalled as err:  # mid-step: that step cannot finish, and is not saved
+            _say(f"error: {err}; kept {_kept(run)}; fix the reward, then {_continue_hint(run, output_dir)}")
+            return 1
         except (ValueError, FileNotFoundError) as err:
             _say(f"error: {err}")
             return 2
@@ -108,9 +112,9 @@ def train_session(config: Config, output_dir: str, interrupts: Interrupts) -> in
     finally:
         if run is not None:
             try:
-                run.engine.shutdown()
+                run.close()  # the reward sandbox's workers and the rollout engine
             except KeyboardInterrupt:
-                pass  # already stopping; the engine's processes end with ours
+                pass  # already stopping; those processes end with ours
     start, end = summary["start_accuracy"], summary["end_accuracy"]
     if start is not None and end is not None:
         print(f"held-out greedy accuracy: {100 * start:.1f}% -> {100 * end:.1f}% "

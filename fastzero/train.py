@@ -28,7 +28,8 @@ DEFAULT_PRESET = "tiny-cpu"
 # installed the signal handlers: a Ctrl-C during those seconds of imports is then a clean exit.
 
 _SECTION_TITLES = {"model": "model", "data": "data", "rollout": "rollout", "algorithm": "algorithm",
-                   "optimizer": "optimizer", "run": "run, logging and checkpoints"}
+                   "optimizer": "optimizer", "run": "run, logging and checkpoints",
+                   "reward": "your own reward (sandboxed)"}
 
 
 def build_parser() -> argparse.ArgumentParser:
