@@ -139,6 +139,8 @@ class RunConfig:
     log_samples: int = opt(4, "sample completions written per step to samples.jsonl")
     price_per_hour: float = opt(0.0, "device price in $ per hour for the cost summary (0 = not priced)")
     progress: bool = opt(True, "show a progress bar on stderr")
+    dist_timeout: float = opt(600.0, "torchrun runs: seconds a collective waits for the other ranks before the job fails")
+    fsdp_offload: bool = opt(False, "torchrun runs: keep sharded weights, gradients and optimizer state in CPU memory")
 
 
 @dataclass
@@ -246,6 +248,8 @@ def coerce(f: dataclasses.Field, value: Any) -> Any:
     return converted
 
 
+RECORDED_FACTS = ("world_size",)  # what a run's config.json records beside the options
+
 # ---- presets -------------------------------------------------------------------------------------
 
 _TINYZERO_PPO = dict(  # TinyZero's published recipe (PPO with a critic)
@@ -268,7 +272,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "qwen2.5-1.5b": {**_TINYZERO_PPO},
     "qwen2.5-3b": {**_TINYZERO_PPO},
 }
-for _name in ("qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b"):
+# 7B as veRL's and TinyZero's scripts scale the 3B recipe: the same algorithm and global batch, the
+# model sharded over the ranks (torchrun + FSDP2), activations recomputed, smaller micro-batches.
+PRESETS["qwen2.5-7b"] = {**_TINYZERO_PPO, "gradient_checkpointing": True, "micro_batch_tokens": 16384}
+for _name in ("qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b", "qwen2.5-7b"):
     PRESETS[_name + "-grpo"] = {**PRESETS[_name], **_GRPO_VARIANT}
 
 
@@ -320,6 +327,8 @@ def read_config_file(path: str) -> dict[str, Any]:
                 flat[inner] = inner_value
         elif key in FIELDS:
             flat[key] = value
+        elif key in RECORDED_FACTS:  # written into a run's config.json, not options
+            continue
         else:
             raise ValueError(f"--config {path}: unknown option {key!r}")
     return flat
@@ -419,6 +428,7 @@ def validate(config: Config) -> None:
     need(o.grad_clip >= 0, "grad_clip", "must be >= 0")
     need(run.time_limit_minutes >= 0, "time_limit_minutes", "must be >= 0")
     need(run.price_per_hour >= 0, "price_per_hour", "must be >= 0")
+    need(run.dist_timeout > 0, "dist_timeout", "must be > 0 seconds")
     sequences = r.prompts_per_step * r.samples_per_prompt
     need(sequences % a.mini_batch_size == 0 or a.mini_batch_size >= sequences, "mini_batch_size",
          f"must divide --prompts-per-step x --samples-per-prompt = {sequences} (or be >= it)")

@@ -60,6 +60,10 @@ def _interrupted(run, output_dir: str, *, consistent: bool) -> int:
     if run.state.step == 0:
         _say(f"\ninterrupted before the first step; nothing to save; {_continue_hint(run, output_dir)}")
         return EXIT_CODE
+    if run.dist.enabled:  # a save is collective and another rank may be gone (torchrun stops the job)
+        _say(f"\nrank {run.dist.rank}: interrupted at step {run.state.step}; kept {_kept(run)}; "
+             f"{_continue_hint(run, output_dir)}")
+        return EXIT_CODE
     try:
         path = save_run(run)  # returns at once when this step is already on disk
     except KeyboardInterrupt:  # a second signal: the atomic save leaves nothing half-written
@@ -85,8 +89,10 @@ def train_session(config: Config, output_dir: str, interrupts: Interrupts) -> in
     try:
         try:
             run = Run(config, output_dir=output_dir, resume=bool(config.run.resume))
-            print(f"FastZero: {config.algorithm.estimator} on {run.device}, model {config.model.model_path}, "
-                  f"output {output_dir}", flush=True)
+            ranks = f" x {run.dist.world_size} ranks" if run.dist.enabled else ""
+            if run.dist.is_main:
+                print(f"FastZero: {config.algorithm.estimator} on {run.device}{ranks}, model "
+                      f"{config.model.model_path}, output {output_dir}", flush=True)
             reporter = Reporter(run)
             train_loop(run, reporter, interrupts)
             reporter.close()
@@ -109,12 +115,23 @@ def train_session(config: Config, output_dir: str, interrupts: Interrupts) -> in
             return 2
         except OSError as err:
             return _disk_failure(err, run, output_dir)
+        except RuntimeError as err:
+            if run is None or not run.dist.enabled:
+                raise
+            # Most often a collective that timed out (--dist-timeout) or lost a peer: name this rank.
+            _say(f"error: rank {run.dist.rank} of {run.dist.world_size}: {err}")
+            return 1
     finally:
         if run is not None:
             try:
                 run.close()  # the reward sandbox's workers and the rollout engine
+                from .distributed import shutdown
+
+                shutdown(run.dist)
             except KeyboardInterrupt:
                 pass  # already stopping; those processes end with ours
+    if not run.dist.is_main:
+        return 0
     start, end = summary["start_accuracy"], summary["end_accuracy"]
     if start is not None and end is not None:
         print(f"held-out greedy accuracy: {100 * start:.1f}% -> {100 * end:.1f}% "
