@@ -13,6 +13,7 @@ import torch
 from .atomic import atomic_directory, atomic_write_text
 from .episodes import Episodes
 from .metrics import ProgressBar, cost_summary, format_cost, plot_metrics
+from .write_errors import as_os_error
 
 
 class Reporter:
@@ -62,7 +63,7 @@ def finish_run(run) -> dict[str, Any]:
         if not run.dist.is_main:
             return {}
     else:
-        with atomic_directory(os.path.join(run.output_dir, "final")) as staging:
+        with atomic_directory(os.path.join(run.output_dir, "final")) as staging, as_os_error(str(staging)):
             run.models.policy.save_pretrained(staging)
             run.tokenizer.save_pretrained(staging)
     plot_metrics(run.metrics.rows, os.path.join(run.output_dir, "metrics.png"))

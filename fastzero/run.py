@@ -91,6 +91,7 @@ class Run:
             self.engine = ShardedEngine(self.engine, policy, shares_model=resolve_engine_kind(cfg.rollout.engine) == "hf")
         self.state = TrainState()
         self.checkpoints = os.path.join(output_dir, "checkpoints")
+        self.saved_step: int | None = None  # step of the newest checkpoint on disk (resume.py keeps it)
         resume_step = None
         if resume:
             from .resume import restore_run
