@@ -122,17 +122,17 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         run = build_run(args, os.path.join(tmp, "ours"))
-        trainer = Trainer(run)
+        trainer = Trainer.from_run(run)
         initial = {k: v.clone() for k, v in run.policy.state_dict().items()}
         ours = []
         for step in range(args.steps + 1):  # step 0 warms up
-            tokens_before = run.state.get("tokens", 0)
+            tokens_before = run.state.tokens
             trainer.timer.take_step()
             started = time.perf_counter()
             trainer.step(step + 1)
             phases = trainer.timer.take_step()
             phases["total"] = time.perf_counter() - started
-            phases["tokens"] = run.state["tokens"] - tokens_before
+            phases["tokens"] = run.state.tokens - tokens_before
             if step:
                 ours.append(phases)
         run.policy.load_state_dict(initial)  # the naive loop starts from the same weights

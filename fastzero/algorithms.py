@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import torch
 
-from fastzero.kernels.advantage import gae, group_advantages, whiten
+from fastzero.kernels.advantage import GROUP_METHODS, gae, group_advantages, reinforce_pp_advantages, whiten
 
 from .batch import last_response_index
 
-GROUP_METHODS = ("grpo", "dr_grpo", "rloo")
+TOKEN_METHODS = ("reinforce_pp", "ppo")  # per-token rewards: they can take a KL penalty in the reward
+ALGORITHMS = GROUP_METHODS + TOKEN_METHODS  # the choices of --algorithm
 
 
 def token_rewards(scores: torch.Tensor, response_mask: torch.Tensor,
@@ -35,21 +36,36 @@ def compute_advantages(algorithm: str, scores: torch.Tensor, response_mask: torc
                        group_size: int, gamma: float = 1.0, lam: float = 1.0,
                        values: torch.Tensor | None = None, kl: torch.Tensor | None = None,
                        kl_coef: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(advantages [B, L] zero outside the response, returns [B, L] for ppo else None)."""
+    """(advantages [B, L] zero outside the response, returns [B, L] for ppo else None).
+
+    The one entry point for every --algorithm. Group methods use only `scores`; ppo needs the
+    critic's `values`; `kl` (per token) enters the reward when kl_coef is set (token methods).
+    """
     if algorithm in GROUP_METHODS:
         per_sequence = group_advantages(scores.float(), group_size, method=algorithm)
         return per_sequence[:, None] * response_mask, None
     rewards = token_rewards(scores.float(), response_mask, kl, kl_coef)
     if algorithm == "reinforce_pp":
-        zeros = torch.zeros_like(rewards)
-        returns, _ = gae(rewards, zeros, response_mask, gamma, 1.0)  # lam=1, V=0: return-to-go
-        return whiten(returns, response_mask) * response_mask, None
+        return reinforce_pp_advantages(rewards, response_mask, gamma) * response_mask, None
     if algorithm == "ppo":
         if values is None:
             raise ValueError("ppo needs critic values")
         advantages, returns = gae(rewards, values, response_mask, gamma, lam)
         return whiten(advantages, response_mask) * response_mask, returns
     raise ValueError(f"unknown algorithm {algorithm!r}")
+
+
+def rows_without_gradient(algorithm: str, scores: torch.Tensor, response_mask: torch.Tensor, *,
+                          group_size: int) -> torch.Tensor | None:
+    """[B] bool on the CPU: sequences whose advantage is 0 on every token, known from the scores alone.
+
+    Only group methods can say this before any log-prob is computed (their advantage is a function
+    of the group's scores); for token methods it returns None (every row may carry a gradient).
+    """
+    if algorithm not in GROUP_METHODS:
+        return None
+    advantages, _ = compute_advantages(algorithm, scores, response_mask, group_size=group_size)
+    return ~(advantages != 0).any(dim=1).cpu()
 
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,

@@ -3,7 +3,9 @@
 Sequences are right-padded: with causal attention a pad after the last real token changes nothing
 before it, so no position ids are needed. Every per-token tensor is aligned with `input_ids` (the
 log-prob of the token at position t sits at t), and `response_mask` marks the generated tokens: the
-prompt and padding never carry a loss. Micro-batches group sequences of similar length (sorted) so
+prompt and padding never carry a loss. `rollout_logprobs` holds the rollout engine's own log-prob of
+each response token (same alignment), for importance-sampling corrections between the sampler and
+the trainer; `truncated` marks responses cut at --max-new-tokens. Micro-batches group sequences of similar length (sorted) so
 that rows x longest-row stays within a token budget.
 """
 from __future__ import annotations
@@ -19,21 +21,30 @@ class SequenceBatch:
     attention_mask: torch.Tensor  # [B, L] int64, 1 on prompt and response tokens
     response_mask: torch.Tensor  # [B, L] float32, 1 on generated tokens
     lengths: torch.Tensor  # [B] total tokens per row
+    rollout_logprobs: torch.Tensor | None = None  # [B, L] float32, the sampler's log-probs (0 off the response)
+    truncated: torch.Tensor | None = None  # [B] bool, the response hit the length cap (finish reason "length")
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
     def select(self, rows: torch.Tensor) -> "SequenceBatch":
+        """The batch of `rows` (indices), cut to their longest length."""
         width = int(self.lengths[rows].max()) if len(rows) else 1
         return SequenceBatch(self.input_ids[rows, :width], self.attention_mask[rows, :width],
-                             self.response_mask[rows, :width], self.lengths[rows])
+                             self.response_mask[rows, :width], self.lengths[rows],
+                             self.rollout_logprobs[rows, :width] if self.rollout_logprobs is not None else None,
+                             self.truncated[rows] if self.truncated is not None else None)
 
 
 def collate(prompts: list[list[int]], responses: list[list[int]], *, pad_id: int,
-            device: torch.device | str = "cpu") -> SequenceBatch:
-    """Right-padded [B, L] tensors of prompt + response token ids."""
+            device: torch.device | str = "cpu", rollout_logprobs: list[list[float]] | None = None,
+            finish_reasons: list[str] | None = None) -> SequenceBatch:
+    """Right-padded [B, L] tensors of prompt + response token ids (and the sampler's log-probs)."""
     if len(prompts) != len(responses):
         raise ValueError(f"collate: {len(prompts)} prompts but {len(responses)} responses")
+    for name, extra in (("rollout_logprobs", rollout_logprobs), ("finish_reasons", finish_reasons)):
+        if extra is not None and len(extra) != len(responses):
+            raise ValueError(f"collate: {len(extra)} {name} for {len(responses)} responses")
     lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
     width = max(lengths, default=1)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
@@ -44,8 +55,18 @@ def collate(prompts: list[list[int]], responses: list[list[int]], *, pad_id: int
         ids[row, :n] = torch.tensor(p + r, dtype=torch.long)
         attention[row, :n] = 1
         response[row, len(p):n] = 1.0
+    sampler = None
+    if rollout_logprobs is not None:
+        sampler = torch.zeros((len(prompts), width), dtype=torch.float32)
+        for row, (p, r, logp) in enumerate(zip(prompts, responses, rollout_logprobs)):
+            if len(logp) != len(r):
+                raise ValueError(f"collate: response {row} has {len(r)} tokens but {len(logp)} log-probs")
+            sampler[row, len(p):len(p) + len(r)] = torch.tensor(logp, dtype=torch.float32)
+        sampler = sampler.to(device)
+    truncated = (torch.tensor([reason == "length" for reason in finish_reasons], dtype=torch.bool)
+                 if finish_reasons is not None else None)
     return SequenceBatch(ids.to(device), attention.to(device), response.to(device),
-                         torch.tensor(lengths, dtype=torch.long))
+                         torch.tensor(lengths, dtype=torch.long), sampler, truncated)
 
 
 def last_response_index(response_mask: torch.Tensor) -> torch.Tensor:

@@ -11,51 +11,31 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from typing import Any
 
 import torch
 
+from .atomic import TMP_PREFIX, atomic_directory, atomic_write_text
+
 LATEST = "latest"
 
 
-def atomic_write_text(path: str, text: str) -> None:
-    """Write a file so that readers see either the old or the new content, never a partial one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def save_checkpoint(root: str, step: int, *, models: dict[str, Any], optimizers: dict[str, Any],
+def save_checkpoint(root: str, step: int, *, models: dict[str, Any], optimizer_state: dict[str, Any],
                     state: dict[str, Any], tokenizer: Any = None, keep: int = 2) -> str:
-    """Write checkpoint `step` under `root` atomically and return its path."""
-    os.makedirs(root, exist_ok=True)
+    """Write checkpoint `step` under `root` atomically and return its path.
+
+    models: name -> module with save_pretrained; optimizer_state: name -> optimizer state dict;
+    state: TrainState.to_dict().
+    """
     name = f"step-{step:06d}"
     final = os.path.join(root, name)
-    tmp = tempfile.mkdtemp(dir=root, prefix=f".tmp-{name}-")
-    try:
+    with atomic_directory(final) as tmp:  # a re-save of the same step (Ctrl-C right after a save) replaces it
         for model_name, model in models.items():
             model.save_pretrained(os.path.join(tmp, model_name))  # safetensors by default
         if tokenizer is not None:
             tokenizer.save_pretrained(os.path.join(tmp, "policy"))
-        torch.save({k: opt.state_dict() for k, opt in optimizers.items()}, os.path.join(tmp, "optimizers.pt"))
+        torch.save(optimizer_state, os.path.join(tmp, "optimizers.pt"))
         torch.save(state, os.path.join(tmp, "trainer_state.pt"))
-        if os.path.exists(final):  # a re-save of the same step (e.g. Ctrl-C right after a save)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     atomic_write_text(os.path.join(root, LATEST), name + "\n")
     _prune(root, keep=keep, current=name)
     return final
@@ -66,7 +46,7 @@ def _prune(root: str, *, keep: int, current: str) -> None:
     for old in steps[: max(0, len(steps) - (keep - 1))]:
         shutil.rmtree(os.path.join(root, old), ignore_errors=True)
     for leftover in os.listdir(root):  # temporaries of a run that was killed mid-save
-        if leftover.startswith(".tmp-"):
+        if leftover.startswith(TMP_PREFIX):
             path = os.path.join(root, leftover)
             shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.unlink(path)
 

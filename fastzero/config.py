@@ -3,8 +3,9 @@
 A run's config is built in layers: the dataclass defaults (which are the `tiny-cpu` preset), then
 a named preset, then a `--config FILE` (JSON or TOML, flat or by section), then command-line
 options. Every field is one `--option` on the command line, named after the field (`max_steps` ->
-`--max-steps`), so field names are unique across sections. `validate` checks every value and every
-conflict before any work starts and names the option at fault.
+`--max-steps`; a field may carry another option name, as `estimator` is `--algorithm`), so option
+names are unique across sections. Choice lists are imported from the module that implements them.
+`validate` checks every value and every conflict before any work starts and names the option at fault.
 """
 from __future__ import annotations
 
@@ -13,6 +14,14 @@ import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
+
+from fastzero.kernels.policy_loss import AGGREGATIONS, KL_TYPES
+
+from .algorithms import ALGORITHMS, GROUP_METHODS, TOKEN_METHODS
+from .model import ATTN_IMPLEMENTATIONS, DEVICES, DTYPES
+from .rollout import ENGINE_KINDS
+from .tasks.countdown.problems import MAX_NUMBERS
+from .tasks.countdown.prompts import TEMPLATES
 
 EMBEDDED_MODEL = "embedded:tiny-countdown"  # the tiny Qwen2 shipped in fastzero/assets/
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
@@ -23,8 +32,9 @@ def resolve_model_path(path: str) -> str:
     return os.path.join(ASSETS, "tiny-countdown") if path == EMBEDDED_MODEL else path
 
 
-def opt(default: Any, help: str, choices: tuple | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "choices": choices})
+def opt(default: Any, help: str, choices: tuple | None = None, *, option: str | None = None) -> Any:
+    """A config field; `option` names its --option when that differs from the field's name."""
+    return field(default=default, metadata={"help": help, "choices": choices, "option": option})
 
 
 @dataclass
@@ -32,9 +42,9 @@ class ModelConfig:
     model_path: str = opt(EMBEDDED_MODEL, "local Hugging Face causal-LM directory (never downloaded)")
     critic_path: str | None = opt(None, "critic backbone directory for PPO (default: the model's)")
     dtype: str = opt("auto", "parameter dtype: auto = bfloat16 on GPU, float32 on CPU",
-                     ("auto", "float32", "bfloat16"))
+                     DTYPES)
     attn_implementation: str = opt("auto", "attention: auto = flash_attention_2 if installed on GPU, else sdpa",
-                                   ("auto", "sdpa", "flash_attention_2", "eager"))
+                                   ATTN_IMPLEMENTATIONS)
     gradient_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
 
 
@@ -45,22 +55,22 @@ class DataConfig:
     num_train: int = opt(8000, "problems to generate when train_path is not given")
     num_test: int = opt(500, "held-out problems (generated, or the first N loaded); disjoint from train")
     min_numbers: int = opt(3, "fewest numbers in a generated problem")
-    max_numbers: int = opt(3, "most numbers in a generated problem (<= 6)")
+    max_numbers: int = opt(3, f"most numbers in a generated problem (<= {MAX_NUMBERS})")
     min_value: int = opt(1, "smallest number in a generated problem")
     max_value: int = opt(20, "largest number in a generated problem")
     min_target: int = opt(1, "smallest generated target")
     max_target: int = opt(50, "largest generated target")
     data_seed: int = opt(1000, "seed of problem generation: the held-out split is generate_problems(num_test, seed=data_seed), "
                                 "the training problems use data_seed + 1 and exclude it (1000 = the split the tiny model never saw)")
-    template: str = opt("compact", "prompt template", ("base", "instruct", "compact"))
+    template: str = opt("compact", "prompt template", TEMPLATES)
     max_prompt_tokens: int = opt(256, "longest prompt in tokens; longer prompts are an error")
     skip_bad_rows: bool = opt(False, "skip (and count) malformed rows in data files instead of failing")
 
 
 @dataclass
 class RolloutConfig:
-    rollout: str = opt("auto", "rollout engine: auto = sglang when importable with CUDA, else hf",
-                       ("auto", "hf", "sglang"))
+    engine: str = opt("auto", "rollout engine: auto = sglang when importable with CUDA, else hf",
+                      ENGINE_KINDS, option="rollout")
     prompts_per_step: int = opt(64, "prompts sampled per RL step")
     samples_per_prompt: int = opt(8, "completions per prompt (the group size for GRPO-family methods)")
     max_new_tokens: int = opt(14, "longest response in tokens")
@@ -75,8 +85,7 @@ class RolloutConfig:
 
 @dataclass
 class AlgorithmConfig:
-    algorithm: str = opt("grpo", "advantage estimator (ppo = critic + GAE)",
-                         ("grpo", "dr_grpo", "rloo", "reinforce_pp", "ppo"))
+    estimator: str = opt("grpo", "advantage estimator (ppo = critic + GAE)", ALGORITHMS, option="algorithm")
     ppo_epochs: int = opt(1, "passes over each step's rollouts")
     mini_batch_size: int = opt(512, "sequences per optimizer step (must divide the step's sequences)")
     micro_batch_tokens: int = opt(16384, "token budget of one forward/backward (gradient accumulation)")
@@ -84,13 +93,12 @@ class AlgorithmConfig:
     clip_high: float = opt(0.2, "PPO ratio clip above 1 (DAPO's clip-higher: > clip_low)")
     dual_clip: float | None = opt(None, "dual-clip bound c > 1 for negative advantages (off when unset)")
     kl_coef: float = opt(0.0, "KL-to-reference coefficient (0 = no reference model is loaded)")
-    kl_type: str = opt("k3", "KL estimator", ("k1", "k2", "k3"))
+    kl_type: str = opt("k3", "KL estimator", KL_TYPES)
     kl_in_reward: bool = opt(False, "apply KL as a per-token reward penalty (TinyZero) instead of in the loss")
     entropy_coef: float = opt(0.0, "entropy bonus coefficient")
     fused_loss: bool = opt(True, "policy loss straight from hidden states in one pass over the vocabulary "
                                  "(false: log-probs, then the loss; the same numbers, more work)")
-    loss_agg: str = opt("token-mean", "loss aggregation",
-                        ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"))
+    loss_agg: str = opt("token-mean", "loss aggregation", AGGREGATIONS)
     gamma: float = opt(1.0, "GAE discount (ppo, reinforce_pp)")
     lam: float = opt(1.0, "GAE lambda (ppo)")
     value_clip: float = opt(0.5, "PPO value-function clip range")
@@ -113,7 +121,7 @@ class RunConfig:
     max_steps: int = opt(300, "RL steps")
     time_limit_minutes: float = opt(8.0, "stop RL after this many minutes, then evaluate (0 = no limit)")
     seed: int = opt(0, "seed of sampling, initialization and data order")
-    device: str = opt("auto", "auto = cuda if available, else cpu", ("auto", "cpu", "cuda"))
+    device: str = opt("auto", "auto = cuda if available, else cpu", DEVICES)
     threads: int = opt(0, "CPU threads for torch (0 = all cores)")
     output_dir: str | None = opt(None, "where everything is written (default: runs/<timestamp>)")
     resume: str | None = opt(None, "resume the run in this output directory from its last checkpoint")
@@ -140,20 +148,31 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return dataclasses.asdict(self)
+        """By section and option name: what config.json holds and load_config_file reads back."""
+        return {section: {name: self.get(name) for name, (sec, _) in FIELDS.items() if sec == section}
+                for section in SECTIONS}
+
+    def get(self, name: str) -> Any:
+        """The value of one option by its flat name (`max_steps`, `algorithm`)."""
+        section, f = FIELDS[name]
+        return getattr(getattr(self, section), f.name)
 
     def set(self, name: str, value: Any) -> None:
         """Set one option by its flat name (`max_steps`), converting strings to the field's type."""
         section, f = FIELDS[name]
-        setattr(getattr(self, section), name, coerce(f, value))
+        setattr(getattr(self, section), f.name, coerce(f, value))
 
 
-# name -> (section, dataclasses.Field); field names are unique across sections (asserted below).
+def option_name(f: dataclasses.Field) -> str:
+    return f.metadata.get("option") or f.name
+
+
+# option name -> (section, dataclasses.Field); option names are unique across sections (asserted below).
 FIELDS: dict[str, tuple[str, dataclasses.Field]] = {}
 for _section, _cls in SECTIONS.items():
     for _f in dataclasses.fields(_cls):
-        assert _f.name not in FIELDS, f"duplicate config field {_f.name}"
-        FIELDS[_f.name] = (_section, _f)
+        assert option_name(_f) not in FIELDS, f"duplicate config option {option_name(_f)}"
+        FIELDS[option_name(_f)] = (_section, _f)
 
 
 def field_type(f: dataclasses.Field) -> type:
@@ -168,7 +187,7 @@ def optional(f: dataclasses.Field) -> bool:
 
 
 def coerce(f: dataclasses.Field, value: Any) -> Any:
-    flag = "--" + f.name.replace("_", "-")
+    flag = _flag(option_name(f))
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and optional(f)):
         if not optional(f):
             raise ValueError(f"{flag} cannot be empty")
@@ -195,7 +214,7 @@ def coerce(f: dataclasses.Field, value: Any) -> Any:
 
 # ---- presets -------------------------------------------------------------------------------------
 
-_TINYZERO_PPO = dict(  # TinyZero's published recipe (PPO with a critic), see PLATFORM.md
+_TINYZERO_PPO = dict(  # TinyZero's published recipe (PPO with a critic)
     algorithm="ppo", gamma=1.0, lam=1.0, lr=1e-6, critic_lr=1e-5, prompts_per_step=256,
     samples_per_prompt=1, mini_batch_size=64, max_new_tokens=1024, max_prompt_tokens=256,
     kl_coef=0.001, kl_in_reward=True, entropy_coef=0.001, temperature=1.0, ppo_epochs=1,
@@ -268,7 +287,7 @@ def check_paths(config: Config) -> None:
         raise FileNotFoundError(f"--model-path: {config.model.model_path!r} is not a local model directory "
                                 "with a config.json (FastZero never downloads weights)")
     for name in ("critic_path", "train_path", "test_path"):
-        value = getattr(getattr(config, FIELDS[name][0]), name)
+        value = config.get(name)
         if value is not None and not os.path.exists(resolve_model_path(value)):
             raise FileNotFoundError(f"{_flag(name)}: {value!r} does not exist")
 
@@ -276,7 +295,7 @@ def check_paths(config: Config) -> None:
 def validate(config: Config) -> None:
     """Raise ValueError naming the option for any invalid value or conflicting pair."""
     for name, (section, f) in FIELDS.items():
-        value = getattr(getattr(config, section), name)
+        value = config.get(name)
         choices = f.metadata.get("choices")
         if choices and value not in choices:
             raise ValueError(f"{_flag(name)}: {value!r} is not one of {', '.join(choices)}")
@@ -291,11 +310,11 @@ def validate(config: Config) -> None:
                  "prompts_per_step", "samples_per_prompt", "max_new_tokens", "gen_batch_size",
                  "ppo_epochs", "mini_batch_size", "micro_batch_tokens", "sync_bucket_mb", "sglang_tp",
                  "max_bad_steps"):
-        need(getattr(getattr(config, FIELDS[name][0]), name) >= 1, name, "must be >= 1")
+        need(config.get(name) >= 1, name, "must be >= 1")
     for name in ("num_train", "max_steps", "eval_every", "save_every", "log_samples", "warmup_steps",
                  "threads", "top_k"):
-        need(getattr(getattr(config, FIELDS[name][0]), name) >= 0, name, "must be >= 0")
-    need(d.max_numbers <= 6, "max_numbers", "the solver handles at most 6 numbers")
+        need(config.get(name) >= 0, name, "must be >= 0")
+    need(d.max_numbers <= MAX_NUMBERS, "max_numbers", f"the solver handles at most {MAX_NUMBERS} numbers")
     need(d.min_numbers <= d.max_numbers, "min_numbers", "must be <= --max-numbers")
     need(d.min_value <= d.max_value, "min_value", "must be <= --max-value")
     need(d.min_target <= d.max_target, "min_target", "must be <= --max-target")
@@ -317,13 +336,13 @@ def validate(config: Config) -> None:
     sequences = r.prompts_per_step * r.samples_per_prompt
     need(sequences % a.mini_batch_size == 0 or a.mini_batch_size >= sequences, "mini_batch_size",
          f"must divide prompts_per_step x samples_per_prompt = {sequences} (or be >= it)")
-    if a.algorithm in ("grpo", "dr_grpo", "rloo"):
+    if a.estimator in GROUP_METHODS:
         need(r.samples_per_prompt >= 2, "samples_per_prompt",
-             f"{a.algorithm} compares samples within a group: needs >= 2")
+             f"{a.estimator} compares samples within a group: needs >= 2")
     if a.kl_in_reward:
-        need(a.algorithm in ("ppo", "reinforce_pp"), "kl_in_reward",
-             "a per-token KL reward needs a token-level estimator (--algorithm ppo or reinforce_pp)")
-    need(not (r.rollout == "sglang" and run.device == "cpu"), "rollout", "sglang needs --device cuda")
+        need(a.estimator in TOKEN_METHODS, "kl_in_reward",
+             f"a per-token KL reward needs a token-level estimator (--algorithm {' or '.join(TOKEN_METHODS)})")
+    need(not (r.engine == "sglang" and run.device == "cpu"), "rollout", "sglang needs --device cuda")
 
 
 def options_markdown() -> str:
@@ -333,5 +352,5 @@ def options_markdown() -> str:
     for name, (section, f) in FIELDS.items():
         choices = f.metadata.get("choices")
         text = f.metadata["help"] + (f" ({' / '.join(choices)})" if choices else "")
-        lines.append(f"| `{_flag(name)}` | `{getattr(getattr(defaults, section), name)}` | {text} |")
+        lines.append(f"| `{_flag(name)}` | `{defaults.get(name)}` | {text} |")
     return "\n".join(lines)

@@ -17,10 +17,6 @@ from .tasks.countdown.problems import Problem, generate_problems, read_problems
 from .tasks.countdown.prompts import render_prompt
 
 
-def _key(problem: Problem) -> tuple:
-    return (tuple(sorted(problem.numbers)), problem.target)
-
-
 class TaskData:
     def __init__(self, cfg: DataConfig, tokenizer: Any, *, seed: int, log=print):
         self.cfg, self.tokenizer, self.seed = cfg, tokenizer, seed
@@ -30,10 +26,10 @@ class TaskData:
             self.test = _load(cfg.test_path, cfg.skip_bad_rows, log)[: cfg.num_test]
         else:
             self.test = generate_problems(cfg.num_test, seed=cfg.data_seed, **ranges)
-        held_out = {_key(p) for p in self.test}
+        held_out = {p.key for p in self.test}
         if cfg.train_path:
             loaded = _load(cfg.train_path, cfg.skip_bad_rows, log)
-            self.train = [p for p in loaded if _key(p) not in held_out]
+            self.train = [p for p in loaded if p.key not in held_out]
         else:
             try:
                 self.train = generate_problems(cfg.num_train, seed=cfg.data_seed + 1, exclude=held_out, **ranges)

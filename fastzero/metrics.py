@@ -16,9 +16,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from .checkpoint import atomic_write_text
-
-PHASES = ("rollout", "reward", "logprobs", "update", "sync", "eval", "checkpoint")
+from .atomic import atomic_file, atomic_write_text
 
 
 class MetricsLog:
@@ -152,10 +150,9 @@ def plot_metrics(rows: list[dict[str, Any]], path: str) -> None:
         ax.set_xlabel("step", fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
+    with atomic_file(path, "wb") as handle:
+        fig.savefig(handle, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def cost_summary(phase_totals: dict[str, float], *, wall_seconds: float, tokens: int,

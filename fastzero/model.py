@@ -19,16 +19,18 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .atomic import atomic_directory
+
 logger = logging.getLogger(__name__)
 
-ATTN_IMPLEMENTATIONS = ("auto", "flash_attention_2", "sdpa", "eager")
+ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "flash_attention_2", "eager")
+DTYPES = ("auto", "float32", "bfloat16")  # what --dtype offers (any torch float name loads here)
+DEVICES = ("auto", "cpu", "cuda")
 VALUE_HEAD_FILE = "value_head.safetensors"
 
 
@@ -64,6 +66,16 @@ def _liger_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def resolve_device(name: str) -> torch.device:
+    """--device: auto = cuda when available, else cpu; cuda without a device is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available")
+    return device
 
 
 def choose_backends(device: str | torch.device = "cpu", dtype: str | torch.dtype = "auto",
@@ -161,7 +173,7 @@ class PackedBatch:
 
 
 def pack_padded(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> PackedBatch:
-    """Padded [B, T] batch (padding at either end) -> one packed row; see unpack_padded."""
+    """Padded [B, T] batch (padding at either end) -> one packed row; `flat_index` maps it back."""
     if input_ids.shape != attention_mask.shape or input_ids.dim() != 2:
         raise ValueError(f"input_ids and attention_mask must be the same [B, T]; got "
                          f"{tuple(input_ids.shape)} and {tuple(attention_mask.shape)}")
@@ -170,17 +182,6 @@ def pack_padded(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Packed
     positions = default_position_ids(attention_mask).flatten()[flat_index]
     return PackedBatch(input_ids.flatten()[flat_index][None], positions[None], flat_index,
                        (input_ids.shape[0], input_ids.shape[1]))
-
-
-def unpack_padded(packed_values: torch.Tensor, packed: PackedBatch) -> torch.Tensor:
-    """Packed-row values [1, total, ...] -> [B, T, ...] with zeros at padding (differentiable)."""
-    total = packed.flat_index.numel()
-    if packed_values.dim() < 2 or packed_values.shape[0] != 1 or packed_values.shape[1] != total:
-        raise ValueError(f"packed values must be [1, {total}, ...]; got {tuple(packed_values.shape)}")
-    values = packed_values[0]
-    batch, width = packed.shape
-    out = values.new_zeros((batch * width, *values.shape[1:])).index_copy(0, packed.flat_index, values)
-    return out.view(batch, width, *values.shape[1:])
 
 
 def uses_packing(model: nn.Module) -> bool:
@@ -309,32 +310,17 @@ class CriticModel(nn.Module):
         return critic
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Write into a temporary sibling directory, then swap it in: never a half-written critic."""
+        """Write into a staging directory, then swap it in: never a half-written critic."""
         from safetensors.torch import save_file
 
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        try:
+        with atomic_directory(path) as staging:
             self.backbone.save_pretrained(staging)
             head = {k: v.detach().contiguous().cpu() for k, v in self.value_head.state_dict().items()}
             save_file(head, str(staging / VALUE_HEAD_FILE))
-            if target.exists():
-                retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-                os.replace(target, retired / "critic")
-                os.replace(staging, target)
-                shutil.rmtree(retired, ignore_errors=True)
-            else:
-                os.replace(staging, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                position_ids: torch.Tensor | None = None, packed: bool | None = None) -> torch.Tensor:
+                packed: bool | None = None) -> torch.Tensor:
         """Values [B, T] (fp32; 0 at padding when packed, unspecified padding values otherwise)."""
-        if position_ids is not None:  # the caller laid the batch out itself
-            hidden = hidden_states(self.backbone, input_ids, attention_mask, position_ids)
-            return self.value_head(hidden.float()).squeeze(-1)
         use_packing = uses_packing(self.backbone) if packed is None else packed
         rows, row_of = _token_hidden(self.backbone, input_ids, attention_mask, use_packing)
         values = self.value_head(rows.float()).squeeze(-1)

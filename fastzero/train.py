@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
             kind = C.field_type(f)
             meta = "{" + ",".join(map(str, f.metadata["choices"])) + "}" if f.metadata.get("choices") else kind.__name__.upper()
             group.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS,
-                               metavar=meta, help=f"{f.metadata['help']} (default: {getattr(getattr(defaults, section), name)})")
+                               metavar=meta, help=f"{f.metadata['help']} (default: {defaults.get(name)})")
     return parser
 
 
@@ -75,29 +75,36 @@ def main(argv: list[str] | None = None) -> int:
               "or choose another directory (nothing was overwritten)", file=sys.stderr)
         return 2
 
+    from .loop import train_loop
+    from .report import Reporter, finish_run
+    from .resume import save_run
     from .run import Run
-    from .trainer import train_loop
 
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     run = None
     try:
         run = Run(config, output_dir=output_dir, resume=bool(config.run.resume))
-        print(f"FastZero: {config.algorithm.algorithm} on {run.device}, model {config.model.model_path}, "
+        print(f"FastZero: {config.algorithm.estimator} on {run.device}, model {config.model.model_path}, "
               f"output {output_dir}", flush=True)
-        train_loop(run)
-        run.save()
-        summary = run.finish()
+        reporter = Reporter(run)
+        train_loop(run, reporter)
+        reporter.close()
+        save_run(run)
+        summary = finish_run(run)
     except KeyboardInterrupt:
-        if run is None or "step" not in run.state:
+        if run is None or run.state.step == 0:
             print("\ninterrupted before the first step; nothing to save", file=sys.stderr)
             return 130
-        path = run.save()
-        print(f"\ninterrupted: checkpoint saved at step {run.state['step']} ({path}); "
+        path = save_run(run)
+        print(f"\ninterrupted: checkpoint saved at step {run.state.step} ({path}); "
               f"continue with --resume {output_dir}", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    finally:
+        if run is not None:
+            run.engine.shutdown()
     start, end = summary["start_accuracy"], summary["end_accuracy"]
     if start is not None and end is not None:
         print(f"held-out greedy accuracy: {100 * start:.1f}% -> {100 * end:.1f}% "

@@ -3,8 +3,8 @@
     logp[i], entropy[i] = log_softmax(hidden[i] @ weight.T / T)[targets[i]], and that softmax's entropy
     loss = sum_i token_weight[i] * loss_i(logp[i], entropy[i])
 where loss_i is kernels/policy_loss.py's per-token clipped loss (+ kl_coef * KL to ref, - entropy_coef
-* entropy) and token_weight[i] the token's coefficient in the aggregate (policy_loss.token_weights
-gathered at the response positions), so every aggregation works.
+* entropy) and token_weight[i] the token's coefficient in the aggregate (aggregation.token_weights over the
+mini-batch, gathered at the response positions), so every aggregation works.
 
 How: because the loss is a weighted sum of per-token terms, dL/dlogp[i] is known as soon as logp[i]
 is. Tokens go through logprob._chunk_forward_backward in chunks that fit CHUNK_BUDGET_BYTES: one

@@ -4,14 +4,13 @@ Per valid token (r = exp(logp - old_logp), A the advantage):
     pg   = max(-A*r, -A*clip(r, 1 - clip_low, 1 + clip_high));  with dual_clip=c and A < 0: min(pg, -A*c)
     kl   = k1: logp - ref | k2: (logp - ref)^2 / 2 | k3: exp(ref - logp) - (ref - logp) - 1
     loss = pg + kl_coef * kl - entropy_coef * entropy
-and the batch loss is sum(token_weights * loss), where token_weights (see `token_weights`) encodes
-the aggregation ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum",
-"seq-mean-token-sum-norm" = Dr. GRPO's sum / (B * norm_len)).
+and the batch loss is sum(token_weight * loss), where token_weight [B, T] encodes the aggregation
+(kernels/aggregation.py, the one definition: the caller computes it over the whole mini-batch and
+slices it per micro-batch, so gradient accumulation needs no renormalizing).
 
 Because the loss is a weighted sum of per-token terms, the forward kernel also writes d loss/d logp
-(and d loss/d entropy) per token; backward only multiplies them by the upstream scalar. The
-normalizers are computed first with cheap torch reductions into a per-row weight [B] that the
-kernel reads from memory, so nothing syncs with the host. One program per row loops over T and
+(and d loss/d entropy) per token; backward only multiplies them by the upstream scalar. One
+program per row loops over T and
 also emits per-row partial sums (loss, clipped tokens, dual-clipped tokens, KL to old, KL to ref,
 entropy), reduced in torch without atomics, so results are deterministic.
 
@@ -33,46 +32,22 @@ dL/dlogp[b, t] = token_weights[b, t] * token_loss_terms(...).dloss_dlogp[b, t].
 """
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
 
 from fastzero.kernels import reference
 from fastzero.kernels._dispatch import backend_for, triton_importable
+from fastzero.kernels._utils import FLOAT_DTYPES, MASK_DTYPES, check_number, check_tensor, check_token_weight
+from fastzero.kernels.aggregation import AGGREGATIONS, check_aggregation, token_weights
 
-AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 KL_TYPES = ("k1", "k2", "k3")
-FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Column order of the per-row partial sums the kernel writes.
 _LOSS, _CLIPPED, _DUAL_CLIPPED, _KL_OLD, _KL_REF, _ENTROPY = range(6)
 _NUM_PARTIALS = 6
 
 
 # ---- the per-token math, shared by the torch path and a fused hidden-states path -----------------
-
-
-def row_weights(mask: torch.Tensor, agg: str, norm_len: float | None = None) -> torch.Tensor:
-    """[B] fp32 coefficient of each valid token's loss in row b; token_weights = valid * this."""
-    valid = (mask != 0).to(torch.float32)
-    batch = valid.shape[0]
-    row_len = valid.sum(dim=1)
-    if agg == "token-mean":
-        return (1.0 / row_len.sum().clamp(min=1.0)).expand(batch).contiguous()
-    if agg == "seq-mean-token-mean":
-        nonempty = row_len > 0
-        n_rows = nonempty.sum().to(torch.float32).clamp(min=1.0)
-        return torch.where(nonempty, 1.0 / (row_len.clamp(min=1.0) * n_rows), 0.0)
-    if agg == "seq-mean-token-sum":
-        return torch.full((batch,), 1.0 / batch, device=mask.device)
-    if agg == "seq-mean-token-sum-norm":
-        return torch.full((batch,), 1.0 / (batch * norm_len), device=mask.device)
-    raise ValueError(f"agg={agg!r} is not one of {', '.join(AGGREGATIONS)}")
-
-
-def token_weights(mask: torch.Tensor, agg: str, norm_len: float | None = None) -> torch.Tensor:
-    """[B, T] fp32 coefficient of each token's loss in the aggregate loss (0 on masked tokens)."""
-    return (mask != 0).to(torch.float32) * row_weights(mask, agg, norm_len)[:, None]
 
 
 class TokenLossTerms(NamedTuple):
@@ -182,7 +157,7 @@ if triton_importable():
     def _policy_loss_fwd_kernel(
         # inputs, [B, T] contiguous unless noted
         logp_ptr, old_ptr, adv_ptr, mask_ptr, ref_ptr, ent_ptr,
-        row_weight_ptr,  # [B] fp32
+        weight_ptr,  # [B, T] fp32 token weights (the aggregation), 0 on masked tokens
         # outputs
         dlogp_ptr, dent_ptr,  # [B, T] fp32, already multiplied by the token weight
         partials_ptr,  # [B, 6] fp32 per-row sums
@@ -198,7 +173,6 @@ if triton_importable():
     ):
         row = tl.program_id(0).to(tl.int64)
         row_start = row * T
-        weight = tl.load(row_weight_ptr + row)
         acc_loss = tl.zeros([BLOCK_T], dtype=tl.float32)
         acc_clipped = tl.zeros([BLOCK_T], dtype=tl.float32)
         acc_dual = tl.zeros([BLOCK_T], dtype=tl.float32)
@@ -209,6 +183,7 @@ if triton_importable():
             cols = start + tl.arange(0, BLOCK_T)
             offs = row_start + cols
             valid = tl.load(mask_ptr + offs, mask=cols < T, other=0) != 0
+            weight = tl.load(weight_ptr + offs, mask=valid, other=0.0)
             # Loading with mask=valid turns padding garbage (inf, NaN) into 0 before any math.
             lp = tl.load(logp_ptr + offs, mask=valid, other=0.0).to(tl.float32)
             old = tl.load(old_ptr + offs, mask=valid, other=0.0).to(tl.float32)
@@ -228,7 +203,7 @@ if triton_importable():
                 ent = tl.load(ent_ptr + offs, mask=valid, other=0.0).to(tl.float32)
                 loss -= entropy_coef * ent
                 acc_ent += ent
-            acc_loss += tl.where(valid, loss, 0.0)
+            acc_loss += tl.where(valid, loss * weight, 0.0)
             acc_clipped += tl.where(valid & clipped, 1.0, 0.0)
             acc_kl_old += tl.where(valid, (ratio - 1.0) - (lp - old), 0.0)
             if WRITE_DLOGP:
@@ -236,7 +211,7 @@ if triton_importable():
             if WRITE_DENT:
                 tl.store(dent_ptr + offs, tl.where(valid, -entropy_coef * weight, 0.0), mask=cols < T)
         out = partials_ptr + row * 6
-        tl.store(out + 0, tl.sum(acc_loss, axis=0) * weight)
+        tl.store(out + 0, tl.sum(acc_loss, axis=0))
         tl.store(out + 1, tl.sum(acc_clipped, axis=0))
         tl.store(out + 2, tl.sum(acc_dual, axis=0))
         tl.store(out + 3, tl.sum(acc_kl_old, axis=0))
@@ -244,7 +219,7 @@ if triton_importable():
         tl.store(out + 5, tl.sum(acc_ent, axis=0))
 
 
-def _forward_triton(logp, old_logp, adv, valid_u8, ref_logp, entropy, row_weight, clip_low, clip_high,
+def _forward_triton(logp, old_logp, adv, valid_u8, ref_logp, entropy, token_weight, clip_low, clip_high,
                     dual_clip, kl_coef, kl_type, entropy_coef, write_dlogp, write_dent):
     batch, length = logp.shape
     dlogp = torch.empty((batch, length), device=logp.device, dtype=torch.float32) if write_dlogp else None
@@ -254,7 +229,7 @@ def _forward_triton(logp, old_logp, adv, valid_u8, ref_logp, entropy, row_weight
     _policy_loss_fwd_kernel[(batch,)](
         logp, old_logp, adv, valid_u8,
         ref_logp if ref_logp is not None else logp, entropy if entropy is not None else logp,
-        row_weight,
+        token_weight,
         dlogp if dlogp is not None else partials, dent if dent is not None else partials, partials,
         length, *((length, 1) if adv.dim() == 2 else (1, 0)),
         float(clip_low), float(clip_high), float(dual_clip or 0.0), float(kl_coef), float(entropy_coef),
@@ -265,7 +240,7 @@ def _forward_triton(logp, old_logp, adv, valid_u8, ref_logp, entropy, row_weight
     return dlogp, dent, partials
 
 
-def _forward_torch(logp, old_logp, adv, valid_u8, ref_logp, entropy, row_weight, clip_low, clip_high,
+def _forward_torch(logp, old_logp, adv, valid_u8, ref_logp, entropy, token_weight, clip_low, clip_high,
                    dual_clip, kl_coef, kl_type, entropy_coef, write_dlogp, write_dent):
     valid = valid_u8 != 0
 
@@ -278,7 +253,7 @@ def _forward_torch(logp, old_logp, adv, valid_u8, ref_logp, entropy, row_weight,
         entropy=clean(entropy), clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip,
         kl_coef=kl_coef, kl_type=kl_type, entropy_coef=entropy_coef,
     )
-    weights = valid.float() * row_weight[:, None]
+    weights = torch.where(valid, token_weight, 0.0)
     zeros = torch.zeros_like(weights)
 
     def row_sum(x):
@@ -297,13 +272,13 @@ class _PolicyLossFunction(torch.autograd.Function):
     """Forward writes the per-token gradients; backward scales them by the upstream scalar."""
 
     @staticmethod
-    def forward(ctx, logp, entropy, old_logp, adv, valid_u8, ref_logp, row_weight, clip_low, clip_high,
+    def forward(ctx, logp, entropy, old_logp, adv, valid_u8, ref_logp, token_weight, clip_low, clip_high,
                 dual_clip, kl_coef, kl_type, entropy_coef, engine):
         write_dlogp = ctx.needs_input_grad[0]
         write_dent = entropy is not None and ctx.needs_input_grad[1]
         forward = _forward_triton if engine == "triton" else _forward_torch
         dlogp, dent, partials = forward(
-            logp, old_logp, adv, valid_u8, ref_logp, entropy, row_weight, clip_low, clip_high,
+            logp, old_logp, adv, valid_u8, ref_logp, entropy, token_weight, clip_low, clip_high,
             dual_clip, kl_coef, kl_type, entropy_coef, write_dlogp, write_dent,
         )
         ctx.save_for_backward(dlogp, dent)
@@ -322,59 +297,45 @@ class _PolicyLossFunction(torch.autograd.Function):
 # ---- the public function --------------------------------------------------------------------------
 
 
-def _check_tensor(name: str, x, shape: tuple[int, ...], device: torch.device, dtypes=FLOAT_DTYPES) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if tuple(x.shape) != shape:
-        raise ValueError(f"{name} must have shape {list(shape)}, got {list(x.shape)}")
-    if dtypes is not None and x.dtype not in dtypes:
-        raise TypeError(f"{name} must be one of {[str(d) for d in dtypes]}, got {x.dtype}")
-    if x.device != device:
-        raise ValueError(f"{name} is on {x.device} but logp is on {device}")
-
-
-def _check_number(name: str, value, *, minimum: float | None = None, above: float | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    if above is not None and value <= above:
-        raise ValueError(f"{name} must be > {above}, got {value!r}")
+def _resolve_token_weight(token_weight, mask, agg, norm_len, shape, device) -> torch.Tensor | None:
+    """The [B, T] token weights: given (checked), or computed from agg/norm_len (None for reference)."""
+    if token_weight is None:
+        agg = "token-mean" if agg is None else agg
+        check_aggregation(agg, norm_len)
+        return token_weights(mask, agg, norm_len)
+    if agg is not None or norm_len is not None:
+        raise ValueError("pass token_weight (precomputed over the mini-batch) or agg/norm_len, not both")
+    check_tensor("token_weight", token_weight, shape, device, FLOAT_DTYPES + (torch.float64,))
+    check_token_weight(token_weight)
+    return token_weight
 
 
 def _validate(logp, old_logp, advantages, mask, ref_logp, clip_low, clip_high, dual_clip, kl_coef,
-              kl_type, entropy, entropy_coef, agg, norm_len) -> None:
+              kl_type, entropy, entropy_coef) -> None:
     if not isinstance(logp, torch.Tensor):
         raise TypeError(f"logp must be a torch.Tensor, got {type(logp).__name__}")
     if logp.dim() != 2 or logp.numel() == 0:
         raise ValueError(f"logp must be a non-empty [B, T] tensor, got shape {list(logp.shape)}")
     shape, device = tuple(logp.shape), logp.device
-    _check_tensor("logp", logp, shape, device)
-    _check_tensor("old_logp", old_logp, shape, device)
+    check_tensor("logp", logp, shape, device)
+    check_tensor("old_logp", old_logp, shape, device)
     if isinstance(advantages, torch.Tensor) and advantages.dim() == 1:
-        _check_tensor("advantages", advantages, shape[:1], device)
+        check_tensor("advantages", advantages, shape[:1], device)
     else:
-        _check_tensor("advantages", advantages, shape, device)
-    mask_dtypes = (torch.bool, torch.uint8, torch.int32, torch.int64) + FLOAT_DTYPES
-    _check_tensor("mask", mask, shape, device, mask_dtypes)
+        check_tensor("advantages", advantages, shape, device)
+    check_tensor("mask", mask, shape, device, MASK_DTYPES)
     if ref_logp is not None:
-        _check_tensor("ref_logp", ref_logp, shape, device)
+        check_tensor("ref_logp", ref_logp, shape, device)
     if entropy is not None:
-        _check_tensor("entropy", entropy, shape, device)
-    _check_number("clip_low", clip_low, minimum=0.0)
-    _check_number("clip_high", clip_high, minimum=0.0)
+        check_tensor("entropy", entropy, shape, device)
+    check_number("clip_low", clip_low, minimum=0.0)
+    check_number("clip_high", clip_high, minimum=0.0)
     if dual_clip is not None:
-        _check_number("dual_clip", dual_clip, above=1.0)
-    _check_number("kl_coef", kl_coef, minimum=0.0)
-    _check_number("entropy_coef", entropy_coef)
+        check_number("dual_clip", dual_clip, above=1.0)
+    check_number("kl_coef", kl_coef, minimum=0.0)
+    check_number("entropy_coef", entropy_coef)
     if kl_type not in KL_TYPES:
         raise ValueError(f"kl_type={kl_type!r} is not one of {', '.join(KL_TYPES)}")
-    if agg not in AGGREGATIONS:
-        raise ValueError(f"agg={agg!r} is not one of {', '.join(AGGREGATIONS)}")
-    if agg == "seq-mean-token-sum-norm" and norm_len is None:
-        raise ValueError("norm_len is required for agg='seq-mean-token-sum-norm' (e.g. the max response length)")
-    if norm_len is not None:
-        _check_number("norm_len", norm_len, above=0.0)
     if kl_coef != 0 and ref_logp is None:
         raise ValueError(f"kl_coef={kl_coef} needs ref_logp (the reference model's log-probs)")
     if entropy_coef != 0 and entropy is None:
@@ -387,6 +348,7 @@ def policy_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     *,
+    token_weight: torch.Tensor | None = None,
     ref_logp: torch.Tensor | None = None,
     clip_low: float = 0.2,
     clip_high: float = 0.2,
@@ -395,34 +357,37 @@ def policy_loss(
     kl_type: str = "k3",
     entropy: torch.Tensor | None = None,
     entropy_coef: float = 0.0,
-    agg: str = "token-mean",
+    agg: str | None = None,
     norm_len: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped policy loss (fp32 scalar) and its stats; see the module docstring for the math.
+    """sum(token_weight * per-token clipped loss) (fp32 scalar) and its stats; see the module docstring.
 
     logp, old_logp, ref_logp, entropy: [B, T] fp32/bf16/fp16; advantages: [B] (one per sequence)
-    or [B, T]; mask: [B, T] bool or numeric, nonzero = valid token. Gradients flow to logp and
-    entropy only. An all-masked batch gives loss 0 and zero gradients.
+    or [B, T]; mask: [B, T] bool or numeric, nonzero = valid token. token_weight: [B, T] float,
+    finite, >= 0: `token_weights(mask, agg, norm_len)` computed over the whole mini-batch and
+    sliced to this micro-batch; without it the weights come from agg (default "token-mean") and
+    norm_len over this call's tensors. Gradients flow to logp and entropy only. An all-masked
+    batch gives loss 0 and zero gradients.
     """
     _validate(logp, old_logp, advantages, mask, ref_logp, clip_low, clip_high, dual_clip, kl_coef,
-              kl_type, entropy, entropy_coef, agg, norm_len)
+              kl_type, entropy, entropy_coef)
+    token_weight = _resolve_token_weight(token_weight, mask, agg, norm_len, tuple(logp.shape), logp.device)
     backend = backend_for(logp.device)
     if backend == "reference":
         return reference.policy_loss(
-            logp, old_logp, advantages, mask, ref_logp=ref_logp, clip_low=clip_low, clip_high=clip_high,
-            dual_clip=dual_clip, kl_coef=kl_coef, kl_type=kl_type, entropy=entropy,
-            entropy_coef=entropy_coef, agg=agg, norm_len=norm_len,
+            logp, old_logp, advantages, mask, token_weight=token_weight, ref_logp=ref_logp, clip_low=clip_low,
+            clip_high=clip_high, dual_clip=dual_clip, kl_coef=kl_coef, kl_type=kl_type, entropy=entropy,
+            entropy_coef=entropy_coef,
         )
     valid_u8 = (mask != 0).to(torch.uint8).contiguous()
-    row_weight = row_weights(valid_u8, agg, norm_len)
 
     def contiguous(x):
         return None if x is None else x.detach().contiguous()
 
     loss, partials = _PolicyLossFunction.apply(
         logp.contiguous(), None if entropy is None else entropy.contiguous(), contiguous(old_logp),
-        contiguous(advantages), valid_u8, contiguous(ref_logp), row_weight, clip_low, clip_high,
-        dual_clip, kl_coef, kl_type, entropy_coef, backend,
+        contiguous(advantages), valid_u8, contiguous(ref_logp), token_weight.detach().float().contiguous(),
+        clip_low, clip_high, dual_clip, kl_coef, kl_type, entropy_coef, backend,
     )
     n_valid = valid_u8.sum(dtype=torch.float32).clamp(min=1.0)
     sums = partials.sum(dim=0) / n_valid

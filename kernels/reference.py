@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from fastzero.kernels.aggregation import token_weights
+
 # ---- log-probs and entropy from hidden states (kernels/logprob.py) --------------------------------
 
 
@@ -43,6 +45,7 @@ def policy_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     *,
+    token_weight: torch.Tensor | None = None,
     ref_logp: torch.Tensor | None = None,
     clip_low: float = 0.2,
     clip_high: float = 0.2,
@@ -51,10 +54,13 @@ def policy_loss(
     kl_type: str = "k3",
     entropy: torch.Tensor | None = None,
     entropy_coef: float = 0.0,
-    agg: str = "token-mean",
+    agg: str | None = None,
     norm_len: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO/GRPO clipped policy loss written the obvious way; autograd gives the gradients.
+
+    loss = sum(token_weight * per-token loss); without token_weight it is
+    token_weights(mask, agg or "token-mean", norm_len), the one definition of the aggregations.
 
     Computes in float64 when logp is float64 (the tests' oracle), else in float32. Arguments are
     not validated here: fastzero.kernels.policy_loss.policy_loss does that before dispatching.
@@ -63,7 +69,6 @@ def policy_loss(
     """
     compute = torch.float64 if logp.dtype == torch.float64 else torch.float32
     valid = mask != 0
-    valid_f = valid.to(compute)
 
     def clean(x: torch.Tensor) -> torch.Tensor:
         return torch.where(valid, x.to(compute), 0.0)
@@ -96,19 +101,10 @@ def policy_loss(
     if entropy is not None:
         token_loss = token_loss - entropy_coef * clean(entropy)
 
-    n_valid = valid_f.sum()
-    row_len = valid_f.sum(dim=1)
-    masked_loss = token_loss * valid_f
-    if agg == "token-mean":
-        loss = masked_loss.sum() / n_valid.clamp(min=1.0)
-    elif agg == "seq-mean-token-mean":
-        row_mean = masked_loss.sum(dim=1) / row_len.clamp(min=1.0)
-        nonempty = (row_len > 0).to(compute)
-        loss = (row_mean * nonempty).sum() / nonempty.sum().clamp(min=1.0)
-    elif agg == "seq-mean-token-sum":
-        loss = masked_loss.sum(dim=1).mean()
-    else:  # "seq-mean-token-sum-norm" (Dr. GRPO)
-        loss = masked_loss.sum() / (logp.shape[0] * norm_len)
+    if token_weight is None:
+        token_weight = token_weights(mask, agg or "token-mean", norm_len)
+    loss = (clean(token_weight) * token_loss).sum()
+    n_valid = valid.sum().to(compute)
 
     def valid_mean(x: torch.Tensor) -> torch.Tensor:
         return (torch.where(valid, x.to(compute), 0.0).sum() / n_valid.clamp(min=1.0)).detach()

@@ -21,12 +21,12 @@ def test_every_preset_validates_once_given_a_model():
 
 def test_tinyzero_recipe_in_qwen_presets():
     cfg = C.from_preset("qwen2.5-3b")
-    assert cfg.algorithm.algorithm == "ppo" and cfg.algorithm.gamma == 1.0 and cfg.algorithm.lam == 1.0
+    assert cfg.algorithm.estimator == "ppo" and cfg.algorithm.gamma == 1.0 and cfg.algorithm.lam == 1.0
     assert cfg.optimizer.lr == 1e-6 and cfg.optimizer.critic_lr == 1e-5
     assert cfg.rollout.prompts_per_step == 256 and cfg.rollout.max_new_tokens == 1024
     assert cfg.algorithm.kl_coef == 0.001 and cfg.algorithm.entropy_coef == 0.001
     grpo = C.from_preset("qwen2.5-3b-grpo")
-    assert grpo.algorithm.algorithm == "grpo" and grpo.rollout.samples_per_prompt >= 2
+    assert grpo.algorithm.estimator == "grpo" and grpo.rollout.samples_per_prompt >= 2
 
 
 def test_help_lists_every_option_with_its_default():
@@ -44,7 +44,7 @@ def test_flags_override_preset_and_file(tmp_path):
     toml = tmp_path / "cfg.toml"
     toml.write_text('algorithm = "rloo"\n[rollout]\nsamples_per_prompt = 4\n')
     cfg = config_from_args(["--config", str(toml)])
-    assert cfg.algorithm.algorithm == "rloo" and cfg.rollout.samples_per_prompt == 4
+    assert cfg.algorithm.estimator == "rloo" and cfg.rollout.samples_per_prompt == 4
 
 
 @pytest.mark.parametrize("argv, option", [

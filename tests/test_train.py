@@ -128,12 +128,13 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer, "fused_linear_policy_loss", poison(trainer.fused_linear_policy_loss))
     out = tmp_path / "run"
     with pytest.raises(RuntimeError, match="non-finite loss in 2 steps in a row"):
+        from fastzero.loop import train_loop
         from fastzero.run import Run
         from fastzero.train import config_from_args
         # KL in the loss makes every sequence carry a gradient, so every step computes a loss.
         cfg = config_from_args(SMALL + ["--max-steps", "5", "--max-bad-steps", "2", "--kl-coef", "0.01",
                                         "--output-dir", str(out)])
-        trainer.train_loop(Run(cfg, output_dir=str(out)))
+        train_loop(Run(cfg, output_dir=str(out)))
     skipped = [r for r in _rows(out) if r.get("skipped")]
     assert [r["step"] for r in skipped] == [1]  # the second bad step raised before logging
 
@@ -149,7 +150,7 @@ def test_fused_and_unfused_loss_paths_give_the_same_gradient(tmp_path):
     cfg = config_from_args(SMALL + ["--kl-coef", "0.01", "--entropy-coef", "0.01", "--loss-agg",
                                     "seq-mean-token-mean", "--output-dir", str(tmp_path)])
     run = Run(cfg, output_dir=str(tmp_path), log=lambda *a: None)
-    trainer = Trainer(run)
+    trainer = Trainer.from_run(run)
     generator = torch.Generator().manual_seed(0)
     prompts = [run.data.prompt_ids(p) for p in run.data.train[:6]]
     responses = [torch.randint(3, 40, (int(n),), generator=generator).tolist() for n in (1, 5, 9, 3, 7, 2)]

@@ -16,8 +16,9 @@ from torch import nn
 from fastzero.rollout.base import Completion, RolloutEngine, SamplingParams, validate_prompts
 
 EngineKind = Literal["auto", "hf", "sglang"]
+ENGINE_KINDS: tuple[str, ...] = ("auto", "hf", "sglang")  # the choices of --rollout
 
-__all__ = ["Completion", "RolloutEngine", "SamplingParams", "make_engine", "resolve_engine_kind",
+__all__ = ["ENGINE_KINDS", "Completion", "RolloutEngine", "SamplingParams", "make_engine", "resolve_engine_kind",
            "sglang_available", "validate_prompts"]
 
 
@@ -28,8 +29,8 @@ def sglang_available() -> bool:
 
 
 def resolve_engine_kind(kind: str) -> str:
-    if kind not in ("auto", "hf", "sglang"):
-        raise ValueError(f"rollout engine must be 'auto', 'hf' or 'sglang', got {kind!r}")
+    if kind not in ENGINE_KINDS:
+        raise ValueError(f"rollout engine must be one of {', '.join(ENGINE_KINDS)}, got {kind!r}")
     if kind == "auto":
         return "sglang" if sglang_available() else "hf"
     if kind == "sglang" and not sglang_available():

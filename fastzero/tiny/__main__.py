@@ -65,23 +65,28 @@ def eval_problems(ranges: ProblemRanges, n: int, seed: int):
 
 @torch.no_grad()
 def greedy_accuracy(model, tokenizer, problems, *, max_new_tokens: int = 16, batch_size: int = 250) -> float:
-    """Share of problems whose greedy answer scores 1.0 with the project's verifier."""
+    """Share of problems whose greedy answer scores 1.0 with the project's verifier.
+
+    The trainer's own path (fastzero.episodes.sample_episodes with the hf engine and the Countdown
+    scorer), so the accuracy recorded at build time is the one `python -m fastzero.train` reports.
+    """
+    from fastzero.episodes import countdown_scorer, sample_episodes, trim_stop
+    from fastzero.rollout import SamplingParams, make_engine
     from fastzero.tasks.countdown.prompts import render_prompt
-    from fastzero.tasks.countdown.verifier import score_batch
 
     eos_id, pad_id = tokenizer.token_to_id(EOS), tokenizer.token_to_id(PAD)
-    responses = []
-    for start in range(0, len(problems), batch_size):
-        chunk = problems[start: start + batch_size]
-        # Every compact prompt is 8 tokens, so the batch needs no padding or attention mask.
-        prompts = torch.tensor([tokenizer.encode(render_prompt("compact", p.numbers, p.target)).ids for p in chunk])
-        out = model.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=max_new_tokens,
-                             do_sample=False, eos_token_id=eos_id, pad_token_id=pad_id)
-        for row in out[:, prompts.shape[1]:].tolist():
-            ids = row[: row.index(eos_id)] if eos_id in row else row
-            responses.append(tokenizer.decode([i for i in ids if i != pad_id], skip_special_tokens=False))
-    scores = score_batch(responses, [p.numbers for p in problems], [p.target for p in problems])
-    return sum(s == 1.0 for s in scores) / len(problems)
+    engine = make_engine("hf", model=model, eos_token_ids=(eos_id,), seed=0, max_batch_size=batch_size,
+                         pad_token_id=pad_id)
+    prompts = [tokenizer.encode(render_prompt("compact", p.numbers, p.target)).ids for p in problems]
+
+    def decode(responses: list[list[int]]) -> list[str]:
+        return [tokenizer.decode(r, skip_special_tokens=False) for r in trim_stop(responses, (eos_id,))]
+
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop_token_ids=(eos_id,))
+    correct = 1.0
+    episodes = sample_episodes(engine, prompts, problems, params, decode=decode,
+                               scorer=countdown_scorer(format_score=0.1, correct_score=correct))
+    return sum(s == correct for s in episodes.scores) / len(problems)
 
 
 def build(args: argparse.Namespace) -> dict:

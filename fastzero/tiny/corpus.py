@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Iterable, Sequence
 
+from fastzero.tasks.countdown.problems import problem_key
 from fastzero.tasks.countdown.prompts import render_prompt
 
 OPERATORS = ("+", "-", "*", "/")
@@ -44,10 +45,6 @@ class ProblemRanges:
             raise ValueError(f"need 0 <= min_value <= max_value, got {self.min_value}, {self.max_value}")
         if not 0 <= self.min_target <= self.max_target:
             raise ValueError(f"need 0 <= min_target <= max_target, got {self.min_target}, {self.max_target}")
-
-
-def problem_key(numbers: Sequence[int], target: int) -> ProblemKey:
-    return tuple(sorted(int(n) for n in numbers)), int(target)
 
 
 def _apply(op: str, a: Fraction, b: Fraction) -> Fraction | None:

@@ -11,16 +11,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 from tokenizers import Tokenizer
 
+from fastzero.atomic import atomic_directory
 from fastzero.tiny.tokenizer import EOS, PAD, save_hf_tokenizer
 
 
@@ -141,10 +139,7 @@ def save_checkpoint(model, tokenizer: Tokenizer, out_dir: str | os.PathLike, rec
     """Write the whole HF folder into a temp dir beside `out_dir`, then swap it in."""
     from transformers import GenerationConfig
 
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=out.name + ".tmp-"))
-    try:
+    with atomic_directory(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         pad_id, eos_id = tokenizer.token_to_id(PAD), tokenizer.token_to_id(EOS)
         GenerationConfig(pad_token_id=pad_id, eos_token_id=eos_id, bos_token_id=None, do_sample=False,
@@ -152,20 +147,6 @@ def save_checkpoint(model, tokenizer: Tokenizer, out_dir: str | os.PathLike, rec
         save_hf_tokenizer(tokenizer, tmp, model_max_length=model.config.max_position_embeddings)
         (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
         (tmp / "BUILD.md").write_text(build_notes)
-        tmp.chmod(0o755)  # mkdtemp makes 0700
-        for path in tmp.iterdir():
-            path.chmod(0o644)
-        if out.exists():
-            old = out.with_name(out.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def shape_dict(shape: ModelShape) -> dict:

@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from fastzero.atomic import atomic_write_text
 
 PAD, EOS, UNK = "<pad>", "<|endoftext|>", "<unk>"
 SPECIAL_TOKENS = (PAD, EOS, UNK)
@@ -95,19 +96,6 @@ def save_hf_tokenizer(tokenizer: Tokenizer, out_dir: str | os.PathLike, *, model
     }
     special_map = {"pad_token": PAD, "eos_token": EOS, "unk_token": UNK}
     tokenizer_json = tokenizer.to_str(pretty=True)
-    _atomic_write(out / "tokenizer.json", tokenizer_json)
-    _atomic_write(out / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
-    _atomic_write(out / "special_tokens_map.json", json.dumps(special_map, indent=2) + "\n")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; shipped files must be readable by everyone
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(out / "tokenizer.json", tokenizer_json)
+    atomic_write_text(out / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
+    atomic_write_text(out / "special_tokens_map.json", json.dumps(special_map, indent=2) + "\n")

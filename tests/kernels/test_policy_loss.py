@@ -175,6 +175,45 @@ def test_exported_token_math_reproduces_the_loss_and_gradient(device, agg):
     torch.testing.assert_close((weights * terms.dloss_dentropy).double(), dent64, atol=1e-7, rtol=1e-5)
 
 
+def aggregate_by_definition(x: torch.Tensor, mask: torch.Tensor, agg: str, norm_len: float) -> torch.Tensor:
+    """Each aggregation written out from its name (the oracle for token_weights)."""
+    valid = mask.double()
+    row_sum, row_len = (x * valid).sum(dim=1), valid.sum(dim=1)
+    if agg == "token-mean":
+        return row_sum.sum() / row_len.sum().clamp(min=1)
+    if agg == "seq-mean-token-mean":
+        nonempty = row_len > 0
+        return (row_sum[nonempty] / row_len[nonempty]).mean() if nonempty.any() else row_sum.sum() * 0
+    if agg == "seq-mean-token-sum":
+        return row_sum.mean()
+    return row_sum.sum() / (x.shape[0] * norm_len)
+
+
+@pytest.mark.parametrize("agg", AGGREGATIONS)
+@pytest.mark.parametrize("lengths", [(5, 0, 3, 7), (0, 0), (1,)], ids=["mixed", "all-empty", "one-token"])
+def test_token_weights_define_each_aggregation(agg, lengths):
+    gen = torch.Generator().manual_seed(len(lengths))
+    mask = torch.arange(7)[None, :] < torch.tensor(lengths)[:, None]
+    x = torch.randn(mask.shape, generator=gen, dtype=torch.float64)
+    weights = token_weights(mask, agg, norm_len=9.0)
+    assert weights.dtype == torch.float32 and torch.all(weights[~mask] == 0)
+    # fp32 weights: each of the <= 28 terms carries one fp32 rounding of its weight.
+    torch.testing.assert_close((weights.double() * x).sum(), aggregate_by_definition(x, mask, agg, 9.0),
+                               atol=1e-12, rtol=2 * torch.finfo(torch.float32).eps)
+
+
+def test_token_weight_equals_agg_form(backend, device):
+    inputs = make_inputs(5, 37, torch.float32, device, seed=5)
+    by_agg = run(policy_loss, inputs, 1.0, kl_coef=0.1, agg="seq-mean-token-mean")
+    weights = token_weights(inputs["mask"], "seq-mean-token-mean")
+    by_weight = run(policy_loss, inputs, 1.0, kl_coef=0.1, token_weight=weights)
+    for got, want in zip(by_weight, by_agg):
+        if isinstance(got, dict):
+            assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+        else:
+            assert torch.equal(got, want)
+
+
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     B=st.integers(1, 6), T=st.integers(1, 40), seed=st.integers(0, 2**16),
@@ -213,6 +252,10 @@ def _call(**overrides):
     (dict(kl_coef=0.1), ValueError, "kl_coef=0.1 needs ref_logp"),
     (dict(kl_coef=-1.0, ref_logp=torch.zeros(2, 5)), ValueError, "kl_coef must be >= 0"),
     (dict(entropy_coef=0.01), ValueError, "entropy_coef=0.01 needs entropy"),
+    (dict(token_weight=torch.ones(2, 5), agg="token-mean"), ValueError, "token_weight .* or agg/norm_len, not both"),
+    (dict(token_weight=torch.ones(5, 2)), ValueError, "token_weight must have shape"),
+    (dict(token_weight=torch.ones(2, 5, dtype=torch.long)), TypeError, "token_weight must be one of"),
+    (dict(token_weight=-torch.ones(2, 5)), ValueError, "token_weight must be finite and >= 0"),
 ])
 def test_bad_arguments_are_named(overrides, error, match):
     with pytest.raises(error, match=match):

@@ -15,7 +15,7 @@ from fastzero.tasks.countdown.prompts import render_prompt
 from fastzero.tiny.corpus import ProblemRanges, all_expressions, build_documents, random_expression, solution_table
 from fastzero.tiny.tokenizer import EOS, PAD, TAGS
 
-ASSET = Path(__file__).resolve().parents[1] / "fastzero" / "assets" / "tiny-countdown"
+ASSET = Path(__file__).resolve().parents[2] / "fastzero" / "assets" / "tiny-countdown"
 RECIPE = json.loads((ASSET / "recipe.json").read_text())
 RANGES = ProblemRanges(**{k: RECIPE["problems"][k] for k in ("min_value", "max_value", "min_target", "max_target")})
 

@@ -35,12 +35,13 @@ import math
 import numbers as _numbers
 import os
 import random
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+
+from fastzero.atomic import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,11 @@ MAX_NUMBERS = 6  # the C++ solver is exhaustive up to this many numbers
 MAX_VALUE = 10**9  # numbers and targets; the solver's exact rationals stay below 2**62
 FILE_SUFFIXES = (".jsonl", ".parquet")
 Key = tuple[tuple[int, ...], int]
+
+
+def problem_key(numbers: Sequence[int], target: int) -> Key:
+    """What makes two problems the same: the numbers as a multiset, and the target."""
+    return tuple(sorted(int(n) for n in numbers)), int(target)
 
 
 def _as_count(value: Any, what: str) -> int:
@@ -81,8 +87,8 @@ class Problem:
 
     @property
     def key(self) -> Key:
-        """What makes two problems the same: the numbers as a multiset, and the target."""
-        return tuple(sorted(self.numbers)), self.target
+        """What makes two problems the same (see problem_key)."""
+        return problem_key(self.numbers, self.target)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,13 +140,6 @@ def _exclusion_keys(exclude: Iterable[Problem | Key]) -> set[Key]:
     return keys
 
 
-def _usable_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))  # honours taskset/cgroup pinning
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
 def _solvable_flags(candidates: list[tuple[list[int], int]], pool: ThreadPoolExecutor, threads: int) -> list[bool]:
     """Which candidates the exact C++ solver can solve. Its calls release the GIL, so threads
     overlap them; a 4-number call costs ~40 us, mostly spent proving there is no solution."""
@@ -190,7 +189,9 @@ def generate_problems(
                 f"cannot make {n} problems: {needed[k]} of them get {k} numbers (sizes are drawn "
                 f"evenly) but only {ranges.size_count(k)} such problems exist in these ranges"
             )
-    threads = _usable_cores()
+    from fastzero.tasks.countdown.verifier import default_threads  # honours taskset/cgroup pinning
+
+    threads = default_threads()
     with ThreadPoolExecutor(max_workers=threads) as pool:
         check = functools.partial(_solvable_flags, pool=pool, threads=threads)
         streams = {}
@@ -409,28 +410,17 @@ def load_problems(path: str | os.PathLike, *, skip_bad: bool = False) -> list[Pr
 
 
 def save_problems(problems: Iterable[Problem], path: str | os.PathLike) -> None:
-    """Write .jsonl or .parquet atomically: a temp file in the same folder, then os.replace, so a
-    reader never sees a half-written file and a failed write leaves any old file untouched."""
+    """Write .jsonl or .parquet atomically (fastzero.atomic): a reader never sees a half-written
+    file and a failed write leaves any old file untouched."""
     path = Path(path)
     if path.suffix not in FILE_SUFFIXES:
         raise ValueError(f"{path}: unknown file type {path.suffix!r}; use one of {', '.join(FILE_SUFFIXES)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    # Not mkstemp: its 0600 mode would survive os.replace; this way the umask decides, as for open().
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if path.suffix == ".jsonl":
-                for i, p in enumerate(problems):
-                    f.write(_jsonl_line(p, i).encode())
-            else:
-                _write_parquet(list(problems), f)
-            f.flush()
-            os.fsync(f.fileno())  # the data is on disk before the name points at it
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as f:
+        if path.suffix == ".jsonl":
+            for i, p in enumerate(problems):
+                f.write(_jsonl_line(p, i).encode())
+        else:
+            _write_parquet(list(problems), f)
 
 
 def _check_problem(p: Any, i: int) -> Problem:

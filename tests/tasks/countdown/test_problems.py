@@ -32,7 +32,7 @@ from fastzero.tasks.countdown.problems import (
 )
 from fastzero.tasks.countdown.verifier import score, solve
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def brute_force_reachable(numbers) -> set[Fraction]:

@@ -1,0 +1,68 @@
+"""The training loop: steps until --max-steps or the time limit, with evaluations, checkpoints and
+the non-finite guard (a bad step is skipped; --max-bad-steps in a row stop the run)."""
+from __future__ import annotations
+
+import time
+
+from .optim import NonFiniteError
+from .report import Reporter
+from .resume import save_run
+from .trainer import Trainer
+
+
+def train_loop(run, reporter: Reporter | None = None) -> dict[str, float]:
+    """Run the steps of `run`; returns the final evaluation."""
+    cfg, state = run.config, run.state
+    trainer = Trainer.from_run(run)
+    reporter = reporter or Reporter(run)
+    start_step = state.step
+    if state.eval_start is None:
+        result = trainer.evaluate()
+        state.eval_start = result
+        run.metrics.log({"step": 0, **result})
+        reporter.evaluation("start", result)
+    reporter.progress_start(start_step)
+    started = time.perf_counter()
+    step, final = start_step, None
+    if step >= cfg.run.max_steps:  # nothing to train (max_steps 0, or a finished run resumed)
+        final = trainer.evaluate() if start_step else state.eval_start
+    last_eval = None
+    while step < cfg.run.max_steps:
+        step += 1
+        step_started = time.perf_counter()
+        try:
+            row, episodes = trainer.step(step)
+            reporter.log_samples(step, episodes)
+            state.bad_in_a_row = 0
+        except NonFiniteError as err:
+            run.optimizers.zero_grad()
+            state.bad_steps += 1
+            state.bad_in_a_row += 1
+            row = {"step": step, "skipped": 1.0}
+            if state.bad_in_a_row >= cfg.optimizer.max_bad_steps:
+                raise RuntimeError(
+                    f"stopping: non-finite {err} in {state.bad_in_a_row} steps in a row (step {step}); "
+                    "lower --lr or --grad-clip, then --resume from the last checkpoint"
+                ) from None
+        row.update({f"time/{k}": v for k, v in trainer.timer.take_step().items()})
+        row["time/step"] = time.perf_counter() - step_started
+        limit = cfg.run.time_limit_minutes
+        out_of_time = bool(limit) and time.perf_counter() - started > 60 * limit
+        is_last = step >= cfg.run.max_steps or out_of_time
+        if is_last or (cfg.run.eval_every and step % cfg.run.eval_every == 0):
+            last_eval = trainer.evaluate()
+            row.update(last_eval)
+            final = last_eval if is_last else None
+        state.step = step
+        state.phase_seconds = dict(trainer.timer.totals)
+        run.metrics.log(row)
+        reporter.progress(step, row, last_eval)
+        if cfg.run.save_every and step % cfg.run.save_every == 0:
+            with trainer.timer.phase("checkpoint"):
+                save_run(run)
+        if out_of_time:
+            run.say(f"\ntime limit of {limit} min reached after step {step}")
+            break
+    state.phase_seconds = dict(trainer.timer.totals)
+    reporter.evaluation("end", final)
+    return final

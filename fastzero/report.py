@@ -1,0 +1,69 @@
+"""What a run shows and leaves behind for its user: sample completions, evaluation lines, the
+progress bar, and at the end the final model, the plot, the cost summary and summary.json."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import torch
+
+from .atomic import atomic_directory, atomic_write_text
+from .episodes import Episodes
+from .metrics import ProgressBar, cost_summary, format_cost, plot_metrics
+
+
+class Reporter:
+    def __init__(self, run):
+        self.run = run
+        self.bar: ProgressBar | None = None
+        self._tokens_at_start, self._started = 0, 0.0
+
+    def log_samples(self, step: int, episodes: Episodes) -> None:
+        count = self.run.config.run.log_samples
+        if count:
+            scores = torch.tensor(episodes.scores[:count]).tolist()  # float32, as the step sees them
+            self.run.metrics.log_samples(step, [
+                {"numbers": list(p.numbers), "target": p.target, "response": t, "reward": float(s)}
+                for p, t, s in zip(episodes.problems[:count], episodes.texts[:count], scores)])
+
+    def evaluation(self, when: str, result: dict[str, float]) -> None:
+        self.run.say(f"[{when}] held-out greedy accuracy {100 * result['eval/accuracy']:.1f}% "
+                     f"(mean reward {result['eval/mean_reward']:.3f}, {result['eval/n']} problems)")
+
+    def progress_start(self, start_step: int) -> None:
+        cfg = self.run.config.run
+        self.bar = ProgressBar(cfg.max_steps, enabled=cfg.progress, start_step=start_step)
+        self._tokens_at_start, self._started = self.run.state.tokens, time.perf_counter()
+
+    def progress(self, step: int, row: dict[str, float], last_eval: dict[str, float] | None) -> None:
+        if self.bar is None:
+            return
+        elapsed = time.perf_counter() - self._started
+        tokens = self.run.state.tokens - self._tokens_at_start
+        accuracy = row.get("eval/accuracy", (last_eval or {}).get("eval/accuracy"))
+        self.bar.update(step, reward=row.get("reward/mean"), acc=accuracy,
+                        **{"tok/s": tokens / elapsed if elapsed > 0 else None})
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def finish_run(run) -> dict[str, Any]:
+    """Final model, plot and cost summary; returns the summary."""
+    with atomic_directory(os.path.join(run.output_dir, "final")) as staging:
+        run.models.policy.save_pretrained(staging)
+        run.tokenizer.save_pretrained(staging)
+    plot_metrics(run.metrics.rows, os.path.join(run.output_dir, "metrics.png"))
+    wall = run.wall_seconds()
+    state = run.state
+    cost = cost_summary(state.phase_seconds, wall_seconds=wall, tokens=state.tokens,
+                        price_per_hour=run.config.run.price_per_hour, device=str(run.device))
+    start, end = state.eval_start or {}, run.metrics.last("eval/accuracy")
+    summary = {"start_accuracy": start.get("eval/accuracy"), "end_accuracy": end,
+               "steps": state.step, "bad_steps": state.bad_steps, "cost": cost}
+    atomic_write_text(os.path.join(run.output_dir, "summary.json"), json.dumps(summary, indent=2) + "\n")
+    run.say(format_cost(cost))
+    return summary
