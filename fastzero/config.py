@@ -130,6 +130,9 @@ class RunConfig:
     log_samples: int = opt(4, "sample completions written per step to samples.jsonl")
     price_per_hour: float = opt(0.0, "device price in $ per hour for the cost summary (0 = not priced)")
     progress: bool = opt(True, "show a progress bar on stderr")
+    plan: bool = opt(False, "print the per-GPU memory plan and exit, before loading anything")
+    device_memory_gb: float = opt(0.0, "device memory the plan is checked against (0 = the GPU's own; "
+                                       "none on CPU); a run whose plan does not fit stops before loading")
 
 
 SECTIONS = {
@@ -333,6 +336,7 @@ def validate(config: Config) -> None:
     need(o.weight_decay >= 0 and o.grad_clip >= 0, "grad_clip", "grad_clip and weight_decay must be >= 0")
     need(run.time_limit_minutes >= 0, "time_limit_minutes", "must be >= 0")
     need(run.price_per_hour >= 0, "price_per_hour", "must be >= 0")
+    need(run.device_memory_gb >= 0, "device_memory_gb", "must be >= 0")
     sequences = r.prompts_per_step * r.samples_per_prompt
     need(sequences % a.mini_batch_size == 0 or a.mini_batch_size >= sequences, "mini_batch_size",
          f"must divide prompts_per_step x samples_per_prompt = {sequences} (or be >= it)")

@@ -26,6 +26,8 @@ recomputes one layer at a time. The backward's working set adds the gradients of
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from dataclasses import dataclass, field
 
 GiB = 2 ** 30
@@ -257,44 +259,73 @@ def plan_memory(shape: ModelShape, options: PlanOptions, critic_shape: ModelShap
 
 
 def _advice(result: MemoryPlan, critic_shape: ModelShape) -> list[str]:
-    """Option changes that would fit, most direct first (each one alone, the others unchanged)."""
-    o, tips = result.options, []
-    budget = o.device_bytes
+    """Option changes that fit: each single change that does, or else one combination of them."""
+    o, budget = result.options, result.options.device_bytes
 
-    def fits(**change) -> bool:
-        return plan_memory(result.shape, dataclasses.replace(o, **change), critic_shape, advise=False).peak_bytes <= budget
+    def phase(name: str, **change) -> int:
+        plan = plan_memory(result.shape, dataclasses.replace(o, **change), critic_shape, advise=False)
+        return plan.phase_bytes(name) if name else plan.peak_bytes
 
-    if result.peak_phase == "update" and not o.gradient_checkpointing and fits(gradient_checkpointing=True):
+    def largest(field_name: str, start: int, floor: int, phase_name: str | None, **fixed) -> int:
+        value = start
+        while value > floor and phase(phase_name, **fixed, **{field_name: value}) > budget:
+            value //= 2
+        return max(value, floor)
+
+    tips = []
+    if not o.gradient_checkpointing and phase(None, gradient_checkpointing=True) <= budget:
         tips.append("--gradient-checkpointing true")
-    tokens = o.micro_batch_tokens
-    while tokens > 256 and not fits(micro_batch_tokens=tokens):
-        tokens //= 2
-    if tokens != o.micro_batch_tokens and fits(micro_batch_tokens=tokens):
+    tokens = largest("micro_batch_tokens", o.micro_batch_tokens, 1, None)
+    if tokens < o.micro_batch_tokens and phase(None, micro_batch_tokens=tokens) <= budget:
         tips.append(f"--micro-batch-tokens {tokens}")
-    if result.peak_phase == "rollout":
-        if o.engine == "hf":
-            rows = o.gen_batch_size
-            while rows > 1 and not fits(gen_batch_size=rows):
-                rows //= 2
-            if rows != o.gen_batch_size and fits(gen_batch_size=rows):
-                tips.append(f"--gen-batch-size {rows}")
-        elif fits(sglang_mem_fraction=round(o.sglang_mem_fraction / 2, 2)):
-            tips.append(f"--sglang-mem-fraction {round(o.sglang_mem_fraction / 2, 2)}")
+    if o.engine == "hf":
+        rows = largest("gen_batch_size", o.gen_batch_size, 1, None)
+        if rows < o.gen_batch_size and phase(None, gen_batch_size=rows) <= budget:
+            tips.append(f"--gen-batch-size {rows}")
+    elif phase(None, sglang_mem_fraction=round(o.sglang_mem_fraction / 2, 2)) <= budget:
+        tips.append(f"--sglang-mem-fraction {round(o.sglang_mem_fraction / 2, 2)}")
     for world in (2, 4, 8, 16, 32, 64):
-        if world > o.world_size and fits(world_size=world):
+        if world > o.world_size and phase(None, world_size=world) <= budget:
             tips.append(f"{world} GPUs (FSDP shards weights, gradients, masters and moments)")
             break
-    if not tips:  # combine: checkpointing, then the smallest micro-batch, then more GPUs
-        combined: dict = {"gradient_checkpointing": True, "micro_batch_tokens": 1}
-        for world in (1, 2, 4, 8, 16, 32, 64, 128):
-            combined["world_size"] = max(world, o.world_size)
-            if fits(**combined):
-                tokens = o.micro_batch_tokens
-                while not fits(**{**combined, "micro_batch_tokens": tokens}):
-                    tokens //= 2
-                tips.append(f"--gradient-checkpointing true --micro-batch-tokens {max(tokens, 1)} on "
-                            f"{combined['world_size']} GPUs (FSDP)")
-                break
-        else:
-            tips.append("nothing fits: use a smaller model")
-    return tips
+    if tips:
+        return tips
+    for world in sorted({o.world_size, 2, 4, 8, 16, 32, 64, 128}):  # combine, per world size
+        if world < o.world_size:
+            continue
+        combo: dict = {"world_size": world, "gradient_checkpointing": True}
+        combo["micro_batch_tokens"] = largest("micro_batch_tokens", o.micro_batch_tokens, 1, "update", **combo)
+        if o.engine == "hf":
+            combo["gen_batch_size"] = largest("gen_batch_size", o.gen_batch_size, 1, "rollout", **combo)
+        if phase(None, **combo) <= budget:
+            flags = (f"--gradient-checkpointing true --micro-batch-tokens {combo['micro_batch_tokens']}"
+                     + (f" --gen-batch-size {combo['gen_batch_size']}" if "gen_batch_size" in combo else ""))
+            return [flags + (f" on {world} GPUs (FSDP)" if world > 1 else "")]
+    return ["a smaller model: nothing here fits even on 128 GPUs"]
+
+
+def plan_for_config(config, *, cuda: bool, device_bytes: int | None, world_size: int = 1) -> MemoryPlan:
+    """The plan of a validated fastzero.config.Config, from its model's config.json (nothing loaded)."""
+    from .config import resolve_model_path
+
+    def shape_of(path: str) -> ModelShape:
+        with open(os.path.join(resolve_model_path(path), "config.json"), encoding="utf-8") as fh:
+            return ModelShape.from_config(json.load(fh))
+
+    m, d, r, a = config.model, config.data, config.rollout, config.algorithm
+    param_bytes = {"float32": 4, "bfloat16": 2}.get(m.dtype, 2 if cuda else 4)
+    options = PlanOptions(
+        param_bytes=param_bytes, micro_batch_tokens=a.micro_batch_tokens, gradient_checkpointing=m.gradient_checkpointing,
+        prompt_tokens=d.max_prompt_tokens, response_tokens=r.max_new_tokens,
+        engine="sglang" if r.engine == "sglang" or (r.engine == "auto" and cuda and _sglang_importable()) else "hf",
+        gen_batch_size=r.gen_batch_size, sglang_mem_fraction=r.sglang_mem_fraction, reference=a.kl_coef > 0,
+        critic=a.estimator == "ppo", world_size=world_size, device_bytes=device_bytes, cuda=cuda,
+        overhead_bytes=CUDA_OVERHEAD if cuda else 0)
+    critic = shape_of(m.critic_path) if options.critic and m.critic_path else None
+    return plan_memory(shape_of(m.model_path), options, critic)
+
+
+def _sglang_importable() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("sglang") is not None

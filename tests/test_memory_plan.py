@@ -146,3 +146,36 @@ def test_a_plan_that_does_not_fit_names_the_option():
     sharded = plan_memory(shape, dataclasses.replace(options, world_size=4))
     assert sharded.items["policy AdamW moments (fp32)"] * 4 == plan.items["policy AdamW moments (fp32)"]
     assert sharded.items["policy activations"] == plan.items["policy activations"]  # per GPU, not sharded
+
+
+def _config_only_model(tmp_path, shape: str = "0.5b") -> str:
+    """A model directory with Qwen2.5's config.json and no weights: loading it would fail."""
+    import json
+
+    folder = tmp_path / f"qwen2.5-{shape}-config-only"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(qwen25_config(shape)))
+    return str(folder)
+
+
+def test_plan_flag_prints_the_plan_and_exits(tmp_path, capsys):
+    from fastzero.train import main
+
+    model = _config_only_model(tmp_path)
+    assert main(["--preset", "qwen2.5-0.5b-grpo", "--model-path", model, "--plan", "true",
+                 "--output-dir", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "memory plan per GPU: 0.49B parameters" in out and "= update phase" in out
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_that_does_not_fit_stops_before_loading(tmp_path, capsys):
+    from fastzero.train import main
+
+    model = _config_only_model(tmp_path)
+    code = main(["--preset", "qwen2.5-0.5b", "--model-path", model, "--device-memory-gb", "24",
+                 "--output-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "error: the run needs" in err and "change --gradient-checkpointing true --micro-batch-tokens" in err
+    assert "Traceback" not in err and not (tmp_path / "run").exists()
