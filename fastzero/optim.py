@@ -57,6 +57,9 @@ class _Stepped:
 
     def step(self) -> None:
         self.optimizer.step()
+        # Gradients are dead once stepped: freeing them here (not at the next zero_grad) gives their
+        # memory to the rollout and log-prob phases (fastzero.memory_plan counts them in the update only).
+        self.optimizer.zero_grad(set_to_none=True)
         if self.mixed:
             with torch.no_grad():
                 for p, master in zip(self.params, self.masters):

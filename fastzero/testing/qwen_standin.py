@@ -18,8 +18,9 @@ tied embedding reads more strongly), so runs see both stopped and cut-off respon
 trained model. stop_rate=None leaves the weights purely random (what a throughput check wants).
 
 CLI: `python -m fastzero.testing.qwen_standin OUT [--variant base|instruct] [--shape 0.5b]
-[--layers N] [--hidden N] [--tokenizer-from DIR]` (`--tokenizer-from` copies the tokenizer files
-of an existing stand-in, for machines without the dev extra).
+[--layers N] [--hidden N] [--tokenizer-from DIR] [--tokenizer-only]` (`--tokenizer-only` writes
+just the tokenizer files; `--tokenizer-from DIR` copies them from such a folder, for machines
+without the dev extra, e.g. the GPU check's).
 """
 from __future__ import annotations
 
@@ -159,7 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hidden", type=int, default=None, help="default: the full width")
     parser.add_argument("--stop-rate", type=float, default=None, help="default: purely random weights")
     parser.add_argument("--tokenizer-from", default=None)
+    parser.add_argument("--tokenizer-only", action="store_true", help="write only the tokenizer files")
     args = parser.parse_args(argv)
+    if args.tokenizer_only:
+        write_tokenizer_files(args.out, instruct=args.variant == "instruct")
+        print(args.out)
+        return 0
     build_standin(args.out, variant=args.variant, shape=args.shape, layers=args.layers, hidden=args.hidden,
                   stop_rate=args.stop_rate, tokenizer_from=args.tokenizer_from)
     print(args.out)
