@@ -46,6 +46,8 @@ class ModelConfig:
     attn_implementation: str = opt("auto", "attention: auto = flash_attention_2 if installed on GPU, else sdpa",
                                    ATTN_IMPLEMENTATIONS)
     gradient_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
+    save_dtype: str = opt("auto", "dtype of final/: auto = the source checkpoint's (a bf16 model trained in fp32 "
+                                  "on CPU is saved as bf16)", ("auto", "float32", "bfloat16"))
 
 
 @dataclass

@@ -5,23 +5,38 @@ The held-out split is made first (generated from `data_seed`, or the first `num_
 problem the policy trained on. Training walks a fresh seeded permutation each epoch; the position
 (epoch, index) is part of a checkpoint, so a resumed run draws exactly the batches the uninterrupted
 run would have drawn.
+
+Generated splits are cached: with `cache_dir` (the run's `data/` folder) the first start writes
+them there as .jsonl, keyed by every option that shapes them, and a `--resume` (or any start with
+the same options into that folder) reads them back instead of generating again (327,680 TinyZero
+problems take about a minute). A changed option gives a different key and a fresh generation.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import time
 from typing import Any
 
 import torch
 
 from .config import DataConfig
-from .tasks.countdown.problems import Problem, generate_problems, read_problems
+from .atomic import atomic_write_text
+from .tasks.countdown.problems import Problem, generate_problems, load_problems, read_problems, save_problems
 from .tasks.countdown.prompts import render_prompt
 
 
 class TaskData:
-    def __init__(self, cfg: DataConfig, tokenizer: Any, *, seed: int, log=print):
+    def __init__(self, cfg: DataConfig, tokenizer: Any, *, seed: int, log=print, cache_dir: str | None = None):
         self.cfg, self.tokenizer, self.seed = cfg, tokenizer, seed
         ranges = dict(min_numbers=cfg.min_numbers, max_numbers=cfg.max_numbers, min_value=cfg.min_value,
                       max_value=cfg.max_value, min_target=cfg.min_target, max_target=cfg.max_target)
+        cached = _read_cache(cache_dir, cfg) if cache_dir else None
+        if cached is not None:
+            self.test, self.train = cached
+            log(f"problems: {len(self.train)} train / {len(self.test)} held-out, from the cache in {cache_dir}")
+            return self._finish()
         if cfg.test_path:
             self.test = _load(cfg.test_path, cfg.skip_bad_rows, log)[: cfg.num_test]
         else:
@@ -31,10 +46,20 @@ class TaskData:
             loaded = _load(cfg.train_path, cfg.skip_bad_rows, log)
             self.train = [p for p in loaded if p.key not in held_out]
         else:
+            started = time.perf_counter()
+            if cfg.num_train >= 20_000:  # long enough to say what is happening
+                log(f"generating {cfg.num_train:,} training problems (solver-checked)...")
             try:
                 self.train = generate_problems(cfg.num_train, seed=cfg.data_seed + 1, exclude=held_out, **ranges)
             except RuntimeError as err:  # the ranges hold fewer distinct solvable problems than asked
                 raise ValueError(f"--num-train {cfg.num_train}: {err}") from None
+            if cfg.num_train >= 20_000:
+                log(f"generated {len(self.train):,} problems in {time.perf_counter() - started:.0f} s")
+            if cache_dir:
+                _write_cache(cache_dir, cfg, self.test, self.train)
+        self._finish()
+
+    def _finish(self) -> None:
         if not self.train:
             raise ValueError("no training problems left (after removing the held-out ones)")
         self._prompt_cache: dict[Problem, list[int]] = {}
@@ -83,3 +108,47 @@ def _load(path: str, skip_bad: bool, log) -> list[Problem]:
     if report.skipped:
         log(f"{path}: skipped {len(report.skipped)} bad rows (first: {report.skipped[0]})")
     return report.problems
+
+
+_SPLIT_OPTIONS = ("num_train", "num_test", "min_numbers", "max_numbers", "min_value", "max_value", "min_target",
+                  "max_target", "data_seed", "test_path")
+
+
+def _cache_key(cfg: DataConfig) -> str | None:
+    """The options a generated split depends on (None: a split read from a file is not cached)."""
+    if cfg.train_path:
+        return None
+    options = {name: getattr(cfg, name) for name in _SPLIT_OPTIONS}
+    if cfg.test_path:  # the held-out file's content shapes the training split too
+        options["test_file"] = _file_digest(cfg.test_path)
+    text = json.dumps({"version": 1, **options}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _file_digest(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_cache(cache_dir: str, cfg: DataConfig) -> tuple[list[Problem], list[Problem]] | None:
+    key = _cache_key(cfg)
+    if key is None:
+        return None
+    test, train = (os.path.join(cache_dir, f"{key}-{split}.jsonl") for split in ("test", "train"))
+    if not (os.path.isfile(test) and os.path.isfile(train)):
+        return None
+    return load_problems(test), load_problems(train)
+
+
+def _write_cache(cache_dir: str, cfg: DataConfig, test: list[Problem], train: list[Problem]) -> None:
+    key = _cache_key(cfg)
+    if key is None:
+        return
+    os.makedirs(cache_dir, exist_ok=True)
+    save_problems(test, os.path.join(cache_dir, f"{key}-test.jsonl"))  # train last: its presence means both
+    save_problems(train, os.path.join(cache_dir, f"{key}-train.jsonl"))
+    atomic_write_text(os.path.join(cache_dir, f"{key}.json"),  # for a reader: what the files were made from
+                      json.dumps({name: getattr(cfg, name) for name in _SPLIT_OPTIONS}) + "\n")

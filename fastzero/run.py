@@ -67,7 +67,8 @@ class Run:
         self.optimizers = Optimizers(cfg.optimizer, policy, critic)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.stop_ids = tuple(sorted(_stop_ids(policy, self.tokenizer)))
-        self.data = TaskData(cfg.data, self.tokenizer, seed=cfg.run.seed, log=log)
+        self.data = TaskData(cfg.data, self.tokenizer, seed=cfg.run.seed, log=log,
+                             cache_dir=os.path.join(output_dir, "data"))
         self.scorer: Scorer = countdown_scorer(format_score=cfg.algorithm.format_score,
                                                correct_score=cfg.algorithm.correct_score)
         self.shuffle_generator = torch.Generator().manual_seed(cfg.run.seed + 17)

@@ -77,6 +77,12 @@ def _check_final(out, model_dir: str) -> None:
 
     final = os.path.join(out, "final")
     model = AutoModelForCausalLM.from_pretrained(final, local_files_only=True)
+    from safetensors import safe_open
+
+    with safe_open(os.path.join(final, "model.safetensors"), "pt") as fh:  # the source's bf16, not fp32
+        assert {fh.get_slice(k).get_dtype() for k in fh.keys()} == {"BF16"}
+        assert "lm_head.weight" not in set(fh.keys())  # tied: saved once
+    assert json.load(open(os.path.join(final, "config.json")))["dtype"] == "bfloat16"
     assert model.config.vocab_size == 151936 and model.config.tie_word_embeddings
     assert model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
     saved, source = (AutoTokenizer.from_pretrained(d, local_files_only=True) for d in (final, model_dir))
