@@ -163,12 +163,13 @@ def save_model(model: nn.Module, directory: str | os.PathLike, dtype: torch.dtyp
         if tensor.is_floating_point():
             tensor = cast.setdefault(tensor.data_ptr(), tensor.detach().to(dtype))
         state[name] = tensor
-    previous = model.config.dtype
-    model.config.dtype = dtype
-    try:
-        model.save_pretrained(directory, state_dict=state)
-    finally:
-        model.config.dtype = previous
+    model.save_pretrained(directory, state_dict=state)
+    import json
+
+    config_path = Path(directory) / "config.json"  # transformers writes the in-memory dtype there
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["dtype"] = str(dtype).removeprefix("torch.")
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 # ---- hidden states, LM head, packing ------------------------------------------------------------------
