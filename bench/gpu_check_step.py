@@ -65,7 +65,7 @@ def train_step_stage(shape_name: str, *, dry: bool) -> dict:
     from fastzero.batch import collate, microbatches
     from fastzero.config import OptimizerConfig
     from fastzero.kernels.fused_policy_loss import fused_linear_policy_loss
-    from fastzero.kernels.policy_loss import token_weights
+    from fastzero.kernels.aggregation import token_weights
     from fastzero.memory_plan import ModelShape, PlanOptions, plan_memory
     from fastzero.model import lm_head_weight, response_tokens, sequence_logprobs
     from fastzero.optim import Optimizers

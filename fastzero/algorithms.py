@@ -68,13 +68,20 @@ def rows_without_gradient(algorithm: str, scores: torch.Tensor, response_mask: t
     return ~(advantages != 0).any(dim=1).cpu()
 
 
-def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
-               mask: torch.Tensor, clip: float) -> tuple[torch.Tensor, float]:
-    """PPO's clipped value loss, token mean: 0.5 * max((v-R)^2, (clip(v, v_old +- c) - R)^2)."""
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+               clip: float, *, token_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+    """PPO's clipped value loss 0.5 * max((v-R)^2, (clip(v, v_old +- c) - R)^2), and the share of
+    clipped tokens (over `mask`).
+
+    Aggregated as sum(token_weight * loss): pass the mini-batch's token-mean weights sliced to this
+    micro-batch (see Trainer.accumulate_gradients); without them, the token mean over `mask`.
+    """
     clipped = old_values + (values - old_values).clamp(-clip, clip)
     loss_unclipped = (values - returns) ** 2
     loss_clipped = (clipped - returns) ** 2
     per_token = 0.5 * torch.maximum(loss_unclipped, loss_clipped)
     count = mask.sum().clamp(min=1)
     clip_frac = float(((loss_clipped > loss_unclipped).float() * mask).sum() / count)
-    return (per_token * mask).sum() / count, clip_frac
+    if token_weight is None:
+        return (per_token * mask).sum() / count, clip_frac
+    return (per_token * token_weight).sum(), clip_frac

@@ -99,18 +99,3 @@ def microbatches(rows: torch.Tensor, lengths: torch.Tensor, token_budget: int) -
     if current:
         groups.append(torch.tensor(current, dtype=torch.long))
     return groups
-
-
-def micro_weight(agg: str, micro_mask: torch.Tensor, mini_mask: torch.Tensor) -> float:
-    """Share of a mini-batch's loss that one micro-batch carries under aggregation `agg`.
-
-    policy_loss normalizes within the tensors it sees; gradient accumulation must renormalize to the
-    whole mini-batch so that splitting into micro-batches does not change the update.
-    """
-    if agg == "token-mean":
-        total = float(mini_mask.sum())
-        return float(micro_mask.sum()) / total if total > 0 else 0.0
-    if agg == "seq-mean-token-mean":
-        total = float((mini_mask.sum(1) > 0).sum())
-        return float((micro_mask.sum(1) > 0).sum()) / total if total > 0 else 0.0
-    return micro_mask.shape[0] / mini_mask.shape[0]  # seq-mean-token-sum, seq-mean-token-sum-norm

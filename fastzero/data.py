@@ -1,15 +1,15 @@
 """The problems a run trains and evaluates on, their prompts as token ids, and the data position.
 
-The held-out split is made first (generated from `data_seed`, or the first `num_test` problems of
-`test_path`), and the training problems exclude every held-out problem, so evaluation never sees a
-problem the policy trained on. Training walks a fresh seeded permutation each epoch; the position
-(epoch, index) is part of a checkpoint, so a resumed run draws exactly the batches the uninterrupted
-run would have drawn.
+The task (`--task`, fastzero.tasks) makes or loads the problems; `make_splits` builds the held-out
+split first (generated from `data_seed`, or the first `num_test` problems of `test_path`) and the
+training problems without any held-out key, so evaluation never sees a problem the policy trained on.
+Training walks a fresh seeded permutation each epoch; the position (epoch, index) is part of a
+checkpoint, so a resumed run draws exactly the batches the uninterrupted run would have drawn.
 
-Generated splits are cached: with `cache_dir` (the run's `data/` folder) the first start writes
-them there as .jsonl, keyed by every option that shapes them, and a `--resume` (or any start with
-the same options into that folder) reads them back instead of generating again (327,680 TinyZero
-problems take about a minute). A changed option gives a different key and a fresh generation.
+Generated Countdown splits are cached: with `cache_dir` (the run's `data/` folder) the first start
+writes them there as .jsonl, keyed by every option that shapes them, and a `--resume` (or any start
+with the same options into that folder) reads them back instead of generating again (327,680
+TinyZero problems take about a minute). A changed option gives another key and a fresh generation.
 """
 from __future__ import annotations
 
@@ -21,62 +21,78 @@ from typing import Any
 
 import torch
 
-from .config import DataConfig
-from .atomic import atomic_write_text
-from .tasks.countdown.problems import Problem, generate_problems, load_problems, read_problems, save_problems
-from .tasks.countdown.prompts import render_prompt
+from .atomic import atomic_file, atomic_write_text
+from .config import Config, DataConfig
+from .tasks.base import make_splits
+from .tasks.registry import resolve_task
+
+
+def make_task(config: Config):
+    """The run's task: a built-in configured by the data and reward-score options, or the user's factory."""
+    d, a = config.data, config.algorithm
+    scores = dict(format_score=a.format_score, correct_score=a.correct_score)
+    if d.task == "countdown":
+        return resolve_task("countdown", **_countdown_ranges(d), **scores)
+    if d.task == "arithmetic":
+        return resolve_task("arithmetic", min_value=d.min_value, max_value=d.max_value, max_answer=d.max_target,
+                            **scores)
+    return resolve_task(d.task)
+
+
+def _countdown_ranges(d: DataConfig) -> dict[str, int]:
+    return dict(min_numbers=d.min_numbers, max_numbers=d.max_numbers, min_value=d.min_value,
+                max_value=d.max_value, min_target=d.min_target, max_target=d.max_target)
 
 
 class TaskData:
-    def __init__(self, cfg: DataConfig, tokenizer: Any, *, seed: int, log=print, cache_dir: str | None = None):
+    def __init__(self, cfg: DataConfig, tokenizer: Any, *, seed: int, log=print, task: Any = None,
+                 cache_dir: str | None = None):
         self.cfg, self.tokenizer, self.seed = cfg, tokenizer, seed
-        ranges = dict(min_numbers=cfg.min_numbers, max_numbers=cfg.max_numbers, min_value=cfg.min_value,
-                      max_value=cfg.max_value, min_target=cfg.min_target, max_target=cfg.max_target)
-        cached = _read_cache(cache_dir, cfg) if cache_dir else None
+        if task is None:
+            task = resolve_task("countdown", **_countdown_ranges(cfg))
+        self.task = task
+        if cfg.template not in task.templates:
+            raise ValueError(f"--template: the {task.name} task has no template {cfg.template!r} "
+                             f"(it has {', '.join(task.templates)})")
+        key = _cache_key(cfg, task) if cache_dir else None
+        cached = _read_cache(cache_dir, key, task) if key else None
         if cached is not None:
             self.test, self.train = cached
-            log(f"problems: {len(self.train)} train / {len(self.test)} held-out, from the cache in {cache_dir}")
-            return self._finish()
-        if cfg.test_path:
-            self.test = _load(cfg.test_path, cfg.skip_bad_rows, log)[: cfg.num_test]
+            log(f"problems: {len(self.train):,} train / {len(self.test):,} held-out, from the cache in {cache_dir}")
         else:
-            self.test = generate_problems(cfg.num_test, seed=cfg.data_seed, **ranges)
-        held_out = {p.key for p in self.test}
-        if cfg.train_path:
-            loaded = _load(cfg.train_path, cfg.skip_bad_rows, log)
-            self.train = [p for p in loaded if p.key not in held_out]
-        else:
+            generating = not cfg.train_path and cfg.num_train >= 20_000  # long enough to say so
             started = time.perf_counter()
-            if cfg.num_train >= 20_000:  # long enough to say what is happening
+            if generating:
                 log(f"generating {cfg.num_train:,} training problems (solver-checked)...")
-            try:
-                self.train = generate_problems(cfg.num_train, seed=cfg.data_seed + 1, exclude=held_out, **ranges)
-            except RuntimeError as err:  # the ranges hold fewer distinct solvable problems than asked
-                raise ValueError(f"--num-train {cfg.num_train}: {err}") from None
-            if cfg.num_train >= 20_000:
+            splits = make_splits(task, num_train=cfg.num_train, num_test=cfg.num_test, seed=cfg.data_seed,
+                                 train_path=cfg.train_path, test_path=cfg.test_path, skip_bad=cfg.skip_bad_rows)
+            if splits.skipped:
+                log(f"skipped {len(splits.skipped)} bad rows (first: {splits.skipped[0]})")
+            self.train, self.test = splits.train, splits.test
+            if generating:
                 log(f"generated {len(self.train):,} problems in {time.perf_counter() - started:.0f} s")
-            if cache_dir:
-                _write_cache(cache_dir, cfg, self.test, self.train)
-        self._finish()
-
-    def _finish(self) -> None:
-        if not self.train:
-            raise ValueError("no training problems left (after removing the held-out ones)")
-        self._prompt_cache: dict[Problem, list[int]] = {}
+            if key:
+                _write_cache(cache_dir, key, task, cfg, self.test, self.train)
+        self._prompt_cache: dict[Any, list[int]] = {}
         for problem in self.test + self.train[:256]:  # fail on over-long prompts before any work
             self.prompt_ids(problem)
         self.epoch, self.index = 0, 0
         self._order = self._permutation(0)
 
-    def prompt_ids(self, problem: Problem) -> list[int]:
-        ids = self._prompt_cache.get(problem)
+    def prompt_ids(self, problem: Any) -> list[int]:
+        try:
+            ids = self._prompt_cache.get(problem)
+        except TypeError:  # an unhashable problem (a user task's dict): not cached
+            ids, cacheable = None, False
+        else:
+            cacheable = True
         if ids is None:
-            text = render_prompt(self.cfg.template, problem.numbers, problem.target, self.tokenizer)
+            text = self.task.render_prompt(problem, self.cfg.template, self.tokenizer)
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             if len(ids) > self.cfg.max_prompt_tokens:
                 raise ValueError(f"--max-prompt-tokens: the prompt for {problem} has {len(ids)} tokens "
                                  f"(> {self.cfg.max_prompt_tokens})")
-            if len(self._prompt_cache) < 100_000:  # bounded: 327k cached prompts would cost GBs
+            if cacheable and len(self._prompt_cache) < 100_000:  # bounded: 327k cached prompts would cost GBs
                 self._prompt_cache[problem] = ids
         return ids
 
@@ -84,7 +100,7 @@ class TaskData:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(len(self.train), generator=generator).tolist()
 
-    def next_batch(self, size: int) -> list[Problem]:
+    def next_batch(self, size: int) -> list[Any]:
         batch = []
         while len(batch) < size:
             if self.index >= len(self._order):
@@ -103,52 +119,37 @@ class TaskData:
         self._order = self._permutation(self.epoch)
 
 
-def _load(path: str, skip_bad: bool, log) -> list[Problem]:
-    report = read_problems(path, skip_bad=skip_bad)
-    if report.skipped:
-        log(f"{path}: skipped {len(report.skipped)} bad rows (first: {report.skipped[0]})")
-    return report.problems
-
-
 _SPLIT_OPTIONS = ("num_train", "num_test", "min_numbers", "max_numbers", "min_value", "max_value", "min_target",
                   "max_target", "data_seed", "test_path")
 
 
-def _cache_key(cfg: DataConfig) -> str | None:
-    """The options a generated split depends on (None: a split read from a file is not cached)."""
-    if cfg.train_path:
+def _cache_key(cfg: DataConfig, task: Any) -> str | None:
+    """The options a generated split depends on; None when nothing is worth caching (a loaded
+    training file, or a task whose problems do not round-trip through .jsonl as Countdown's do)."""
+    if cfg.train_path or getattr(task, "name", None) != "countdown":
         return None
     options = {name: getattr(cfg, name) for name in _SPLIT_OPTIONS}
     if cfg.test_path:  # the held-out file's content shapes the training split too
-        options["test_file"] = _file_digest(cfg.test_path)
-    text = json.dumps({"version": 1, **options}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+        digest = hashlib.sha256()
+        with open(cfg.test_path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        options["test_file"] = digest.hexdigest()
+    return hashlib.sha256(json.dumps({"version": 1, **options}, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _file_digest(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _read_cache(cache_dir: str, cfg: DataConfig) -> tuple[list[Problem], list[Problem]] | None:
-    key = _cache_key(cfg)
-    if key is None:
-        return None
+def _read_cache(cache_dir: str, key: str, task: Any) -> tuple[list, list] | None:
     test, train = (os.path.join(cache_dir, f"{key}-{split}.jsonl") for split in ("test", "train"))
     if not (os.path.isfile(test) and os.path.isfile(train)):
         return None
-    return load_problems(test), load_problems(train)
+    return list(task.load(test).problems), list(task.load(train).problems)
 
 
-def _write_cache(cache_dir: str, cfg: DataConfig, test: list[Problem], train: list[Problem]) -> None:
-    key = _cache_key(cfg)
-    if key is None:
-        return
+def _write_cache(cache_dir: str, key: str, task: Any, cfg: DataConfig, test: list, train: list) -> None:
     os.makedirs(cache_dir, exist_ok=True)
-    save_problems(test, os.path.join(cache_dir, f"{key}-test.jsonl"))  # train last: its presence means both
-    save_problems(train, os.path.join(cache_dir, f"{key}-train.jsonl"))
+    for split, problems in (("test", test), ("train", train)):  # train last: its presence means both
+        with atomic_file(os.path.join(cache_dir, f"{key}-{split}.jsonl"), "wb") as fh:
+            for problem in problems:
+                fh.write((json.dumps(task.to_json(problem)) + "\n").encode())
     atomic_write_text(os.path.join(cache_dir, f"{key}.json"),  # for a reader: what the files were made from
                       json.dumps({name: getattr(cfg, name) for name in _SPLIT_OPTIONS}) + "\n")

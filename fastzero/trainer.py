@@ -17,11 +17,12 @@ from typing import Any
 
 import torch
 
+from fastzero.kernels.aggregation import token_weights
 from fastzero.kernels.fused_policy_loss import fused_linear_policy_loss
-from fastzero.kernels.policy_loss import policy_loss, token_weights
+from fastzero.kernels.policy_loss import policy_loss
 
 from .algorithms import compute_advantages, rows_without_gradient, value_loss
-from .batch import SequenceBatch, collate, micro_weight, microbatches, minibatches
+from .batch import SequenceBatch, collate, microbatches, minibatches
 from .config import Config
 from .data import TaskData
 from .episodes import Decoder, Episodes, Scorer, sample_episodes
@@ -37,18 +38,20 @@ __all__ = ["NonFiniteError", "Trainer"]
 class Trainer:
     def __init__(self, config: Config, *, models, optimizers: Optimizers, engine: RolloutEngine, data: TaskData,
                  decode: Decoder, scorer: Scorer, state: TrainState, shuffle_generator: torch.Generator,
-                 device: torch.device, pad_id: int, stop_ids: tuple[int, ...]):
+                 device: torch.device, pad_id: int, stop_ids: tuple[int, ...], correct_reward: float | None = None):
         self.cfg, self.models, self.optimizers, self.engine = config, models, optimizers, engine
         self.data, self.decode, self.scorer, self.state = data, decode, scorer, state
         self.shuffle_generator, self.device, self.pad_id, self.stop_ids = shuffle_generator, device, pad_id, stop_ids
         self.timer = PhaseTimer(state.phase_seconds)
+        # Accuracy counts rewards >= this: the task's (or --correct-score for a user reward).
+        self.correct_reward = config.algorithm.correct_score if correct_reward is None else correct_reward
 
     @classmethod
     def from_run(cls, run) -> "Trainer":
         return cls(run.config, models=run.models, optimizers=run.optimizers, engine=run.engine, data=run.data,
                    decode=run.decode_responses, scorer=run.scorer, state=run.state,
                    shuffle_generator=run.shuffle_generator, device=run.device, pad_id=run.pad_id,
-                   stop_ids=run.stop_ids)
+                   stop_ids=run.stop_ids, correct_reward=run.scorer.correct_reward)
 
     # ---- one RL step -----------------------------------------------------------------------------
     def step(self, step: int) -> tuple[dict[str, float], Episodes]:
@@ -81,13 +84,14 @@ class Trainer:
 
         generated = int(batch.response_mask.sum())
         self.state.tokens += int(batch.attention_mask.sum())
-        correct = (scores == a.correct_score).float()
+        correct = (scores >= self.correct_reward).float()
         row = {
             "step": step,
             "reward/mean": float(scores.mean()),
             "accuracy/train": float(correct.mean()),
             "response/length": generated / max(1, len(episodes)),
             "groups/zero_variance": _zero_variance_share(scores, r.samples_per_prompt),
+            **episodes.reward_failures,
             **stats,
         }
         if kl is not None:
@@ -132,36 +136,18 @@ class Trainer:
         return old, ref, values
 
     def update(self, batch, old_logp, ref_logp, advantages, old_values, returns, carries_gradient) -> dict[str, float]:
-        a, critic = self.cfg.algorithm, self.models.critic
+        a = self.cfg.algorithm
         kl_in_loss = ref_logp is not None and not a.kl_in_reward and a.kl_coef > 0
         totals: dict[str, float] = {}
         updates = 0
         for _ in range(a.ppo_epochs):
             for mini in minibatches(len(batch), a.mini_batch_size, self.shuffle_generator):
-                mini_mask = batch.response_mask[mini]
                 trained = mini[carries_gradient[mini]]
                 if len(trained) == 0:  # no sequence in this mini-batch carries a gradient
                     continue
                 self.optimizers.zero_grad()
-                mini_stats: dict[str, float] = {}
-                for rows in microbatches(trained, batch.lengths, a.micro_batch_tokens):
-                    mb = batch.select(rows)
-                    width = mb.input_ids.shape[1]
-                    loss, stats = self.policy_loss(mb, old_logp[rows, :width], advantages[rows, :width],
-                                                   ref_logp[rows, :width] if kl_in_loss else None)
-                    weight = micro_weight(a.loss_agg, mb.response_mask, mini_mask)
-                    total = loss * weight
-                    if critic is not None:  # the critic's loss is a token mean over the mini-batch
-                        values = _shifted_values(critic, mb)
-                        v_loss, v_clip = value_loss(values, old_values[rows, :width], returns[rows, :width],
-                                                    mb.response_mask, a.value_clip)
-                        total = total + v_loss * micro_weight("token-mean", mb.response_mask, mini_mask)
-                        stats = {**stats, "critic/loss": v_loss.detach(), "critic/clip_frac": v_clip}
-                    if not torch.isfinite(total):
-                        raise NonFiniteError("loss")
-                    total.backward()
-                    for key, value in stats.items():
-                        mini_stats[key] = mini_stats.get(key, 0.0) + float(value) * weight
+                mini_stats = self.accumulate_gradients(batch, mini, trained, old_logp, advantages,
+                                                       ref_logp if kl_in_loss else None, old_values, returns)
                 mini_stats["grad_norm"] = self.optimizers.step(self.state.optimizer_steps)
                 self.state.optimizer_steps += 1
                 for key, value in mini_stats.items():
@@ -170,20 +156,59 @@ class Trainer:
         skipped = float((~carries_gradient).float().mean())
         return {"update/skipped_rows": skipped, **{key: value / max(1, updates) for key, value in totals.items()}}
 
-    def policy_loss(self, mb: SequenceBatch, old_logp, advantages, ref_logp):
-        """The PPO/GRPO loss of one micro-batch: fused from hidden states, or log-probs then loss."""
+    def accumulate_gradients(self, batch: SequenceBatch, mini: torch.Tensor, trained: torch.Tensor, old_logp,
+                             advantages, ref_logp, old_values, returns) -> dict[str, float]:
+        """Backward of one mini-batch's loss, micro-batch by micro-batch; returns its stats.
+
+        The token weights (the --loss-agg aggregation, fastzero.kernels.aggregation) are computed
+        once over the whole mini-batch `mini` and sliced per micro-batch, so the micro-batch losses
+        add up to the mini-batch loss whichever way `trained` (the rows of `mini` that carry a
+        gradient) is split. The critic's loss is a token mean over the mini-batch the same way, and
+        the stats are token means over the mini-batch (skipped rows count as zeros).
+        """
+        a, critic = self.cfg.algorithm, self.models.critic
+        mini_mask = batch.response_mask[mini]
+        loss_weight = torch.zeros_like(batch.response_mask)
+        loss_weight[mini] = token_weights(mini_mask, a.loss_agg, self.cfg.rollout.max_new_tokens)
+        token_mean = loss_weight
+        if a.loss_agg != "token-mean":
+            token_mean = torch.zeros_like(batch.response_mask)
+            token_mean[mini] = token_weights(mini_mask, "token-mean")
+        mini_stats: dict[str, float] = {}
+        for rows in microbatches(trained, batch.lengths, a.micro_batch_tokens):
+            mb = batch.select(rows)
+            width = mb.input_ids.shape[1]
+            total, stats = self.policy_loss(mb, old_logp[rows, :width], advantages[rows, :width],
+                                            ref_logp[rows, :width] if ref_logp is not None else None,
+                                            loss_weight[rows, :width])
+            share = float(token_mean[rows].sum())  # this micro-batch's share of the mini-batch's tokens
+            stats = {key: float(value) * share for key, value in stats.items()}  # micro-batch means, weighted
+            if critic is not None:  # a token mean over the mini-batch, like the stats
+                values = _shifted_values(critic, mb)
+                v_loss, v_clip = value_loss(values, old_values[rows, :width], returns[rows, :width],
+                                            mb.response_mask, a.value_clip, token_weight=token_mean[rows, :width])
+                total = total + v_loss
+                stats.update({"critic/loss": float(v_loss.detach()), "critic/clip_frac": v_clip * share})
+            if not torch.isfinite(total):
+                raise NonFiniteError("loss")
+            total.backward()
+            for key, value in stats.items():
+                mini_stats[key] = mini_stats.get(key, 0.0) + value
+        return mini_stats
+
+    def policy_loss(self, mb: SequenceBatch, old_logp, advantages, ref_logp, token_weight):
+        """The PPO/GRPO loss of one micro-batch, sum(token_weight * per-token loss): fused from hidden
+        states, or log-probs then loss. token_weight [b, width] is the mini-batch's, sliced."""
         a, policy = self.cfg.algorithm, self.models.policy
         temperature = self.cfg.rollout.temperature
         kl_coef = a.kl_coef if ref_logp is not None else 0.0
         options = dict(clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip, kl_coef=kl_coef,
                        kl_type=a.kl_type, entropy_coef=a.entropy_coef)
-        norm_len = self.cfg.rollout.max_new_tokens
         if a.fused_loss:
             resp = response_tokens(policy, mb.input_ids, mb.attention_mask, mb.response_mask)
-            weights = token_weights(mb.response_mask, a.loss_agg, norm_len)
             return fused_linear_policy_loss(
                 resp.hidden, lm_head_weight(policy), resp.targets, resp.gather(old_logp),
-                resp.gather(advantages), resp.gather(weights),
+                resp.gather(advantages), resp.gather(token_weight),
                 ref_logp=resp.gather(ref_logp) if ref_logp is not None else None,
                 temperature=temperature, **options)
         use_entropy = a.entropy_coef > 0
@@ -191,7 +216,7 @@ class Trainer:
                                 temperature=temperature, return_entropy=use_entropy)
         logp, entropy = out if use_entropy else (out, None)
         return policy_loss(logp, old_logp, advantages, mb.response_mask, ref_logp=ref_logp, entropy=entropy,
-                           agg=a.loss_agg, norm_len=norm_len, **options)
+                           token_weight=token_weight, **options)
 
     # ---- evaluation ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -203,13 +228,14 @@ class Trainer:
                                     stop_token_ids=self.stop_ids)
             episodes = sample_episodes(self.engine, [self.data.prompt_ids(p) for p in problems], problems, params,
                                        decode=self.decode, scorer=self.scorer)
-        return held_out_result(episodes.scores, self.cfg.algorithm.correct_score)
+        failures = {"eval/" + name.replace("/", "_"): count for name, count in episodes.reward_failures.items()}
+        return {**held_out_result(episodes.scores, self.correct_reward), **failures}
 
 
-def held_out_result(scores: list[float], correct_score: float) -> dict[str, Any]:
-    """eval/accuracy (share of exactly correct answers), eval/mean_reward and eval/n."""
+def held_out_result(scores: list[float], correct_reward: float) -> dict[str, Any]:
+    """eval/accuracy (share of correct answers: reward >= correct_reward), eval/mean_reward and eval/n."""
     n = max(1, len(scores))
-    return {"eval/accuracy": sum(s == correct_score for s in scores) / n,
+    return {"eval/accuracy": sum(s >= correct_reward for s in scores) / n,
             "eval/mean_reward": sum(scores) / n, "eval/n": len(scores)}
 
 

@@ -61,11 +61,11 @@ def test_generated_splits_are_cached_by_their_options(tokenizer, tmp_path, monke
     cfg = DataConfig(num_train=40, num_test=10)
     first = TaskData(cfg, tokenizer, seed=3, log=lambda *a: None, cache_dir=str(tmp_path))
     calls = []
-    real = data_module.generate_problems
-    monkeypatch.setattr(data_module, "generate_problems", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = data_module.make_splits
+    monkeypatch.setattr(data_module, "make_splits", lambda *a, **k: calls.append(a) or real(*a, **k))
     again = TaskData(cfg, tokenizer, seed=3, log=lambda *a: None, cache_dir=str(tmp_path))
     assert calls == [] and again.train == first.train and again.test == first.test
     assert again.next_batch(7) == first.next_batch(7)
     other = TaskData(DataConfig(num_train=40, num_test=10, data_seed=5), tokenizer, seed=3, log=lambda *a: None,
                      cache_dir=str(tmp_path))
-    assert len(calls) == 2 and other.train != first.train  # another key: generated afresh
+    assert len(calls) == 1 and other.train != first.train  # another key: generated afresh

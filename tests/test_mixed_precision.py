@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from fastzero.batch import collate
+from fastzero.kernels.aggregation import token_weights
 from fastzero.run import Run
 from fastzero.train import config_from_args
 from fastzero.trainer import Trainer
@@ -45,6 +46,7 @@ def _train_steps(dtype: str, start: dict[str, torch.Tensor] | None, tmp_path):
     mask = batch.response_mask
     advantages = torch.randn(len(responses), 1, generator=generator) * mask
     old = torch.zeros_like(mask)  # ratio terms use the current log-probs: filled in below
+    weights = token_weights(mask, cfg.algorithm.loss_agg, cfg.rollout.max_new_tokens)
     before = _optimized_weights(run)
     first_grads = None
     for step in range(STEPS):
@@ -53,7 +55,7 @@ def _train_steps(dtype: str, start: dict[str, torch.Tensor] | None, tmp_path):
             from fastzero.model import sequence_logprobs
             with torch.no_grad():
                 old = sequence_logprobs(run.policy, batch.input_ids, batch.attention_mask, mask).float()
-        loss, _ = trainer.policy_loss(batch, old, advantages, None)
+        loss, _ = trainer.policy_loss(batch, old, advantages, None, weights)
         loss.backward()
         if step == 0:
             first_grads = torch.cat([p.grad.float().flatten() for p in run.policy.parameters()])
