@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 GiB = 2 ** 30
 FUSED_CHUNK_BYTES = 256 * 2 ** 20  # fastzero.kernels.logprob.CHUNK_BUDGET_BYTES
-SAMPLING_BUFFERS = 5  # hf engine, top-p 1: fp32 [rows, V] logits, scaled, log-softmax, probabilities, draw
+SAMPLING_BUFFERS = 6  # hf engine, top-p 1: fp32 [rows, V] logits, scaled, log-softmax, probabilities, noise, ratio
 CUDA_OVERHEAD = GiB  # what a CUDA process holds besides tensors: context, cuBLAS workspace, slack
 
 
