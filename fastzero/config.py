@@ -143,6 +143,8 @@ class RunConfig:
     plan: bool = opt(False, "print the per-GPU memory plan and exit, before loading anything")
     device_memory_gb: float = opt(0.0, "device memory the plan is checked against (0 = the GPU's own; "
                                        "none on CPU); a run whose plan does not fit stops before loading")
+    dist_timeout: float = opt(600.0, "torchrun runs: seconds a collective waits for the other ranks before the job fails")
+    fsdp_offload: bool = opt(False, "torchrun runs: keep sharded weights, gradients and optimizer state in CPU memory")
 
 
 @dataclass
@@ -239,6 +241,8 @@ def coerce(f: dataclasses.Field, value: Any) -> Any:
         raise ValueError(f"{flag}: {value!r} is not a valid {kind.__name__}") from None
 
 
+RECORDED_FACTS = ("world_size",)  # what a run's config.json records beside the options
+
 # ---- presets -------------------------------------------------------------------------------------
 
 _TINYZERO_PPO = dict(  # TinyZero's published recipe (PPO with a critic)
@@ -261,7 +265,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "qwen2.5-1.5b": {**_TINYZERO_PPO},
     "qwen2.5-3b": {**_TINYZERO_PPO},
 }
-for _name in ("qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b"):
+# 7B as veRL's and TinyZero's scripts scale the 3B recipe: the same algorithm and global batch, the
+# model sharded over the ranks (torchrun + FSDP2), activations recomputed, smaller micro-batches.
+PRESETS["qwen2.5-7b"] = {**_TINYZERO_PPO, "gradient_checkpointing": True, "micro_batch_tokens": 16384}
+for _name in ("qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b", "qwen2.5-7b"):
     PRESETS[_name + "-grpo"] = {**PRESETS[_name], **_GRPO_VARIANT}
 
 
@@ -295,6 +302,8 @@ def load_config_file(config: Config, path: str) -> None:
                 flat[inner] = inner_value
         elif key in FIELDS:
             flat[key] = value
+        elif key in RECORDED_FACTS:  # written into a run's config.json, not options
+            continue
         else:
             raise ValueError(f"--config {path}: unknown option {key!r}")
     for key, value in flat.items():
@@ -361,6 +370,7 @@ def validate(config: Config) -> None:
     need(run.time_limit_minutes >= 0, "time_limit_minutes", "must be >= 0")
     need(run.price_per_hour >= 0, "price_per_hour", "must be >= 0")
     need(run.device_memory_gb >= 0, "device_memory_gb", "must be >= 0")
+    need(run.dist_timeout > 0, "dist_timeout", "must be > 0 seconds")
     sequences = r.prompts_per_step * r.samples_per_prompt
     need(sequences % a.mini_batch_size == 0 or a.mini_batch_size >= sequences, "mini_batch_size",
          f"must divide prompts_per_step x samples_per_prompt = {sequences} (or be >= it)")

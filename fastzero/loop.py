@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from .distributed import broadcast_object
 from .optim import NonFiniteError
 from .report import Reporter
 from .resume import save_run
@@ -48,6 +49,8 @@ def train_loop(run, reporter: Reporter | None = None) -> dict[str, float]:
         row["time/step"] = time.perf_counter() - step_started
         limit = cfg.run.time_limit_minutes
         out_of_time = bool(limit) and time.perf_counter() - started > 60 * limit
+        if run.dist.enabled:  # rank 0's clock decides: ranks that disagreed would wait on each other
+            out_of_time = broadcast_object(out_of_time, run.dist)
         is_last = step >= cfg.run.max_steps or out_of_time
         if is_last or (cfg.run.eval_every and step % cfg.run.eval_every == 0):
             last_eval = trainer.evaluate()

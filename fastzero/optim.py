@@ -110,7 +110,8 @@ class Optimizers:
     def step(self, steps_done: int) -> float:
         """Clip the global gradient norm, refuse a non-finite one, step; returns the policy's norm."""
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
-        norm = float(torch.nn.utils.clip_grad_norm_(self._policy.gradients_to_masters(), max_norm))
+        norm = torch.nn.utils.clip_grad_norm_(self._policy.gradients_to_masters(), max_norm)
+        norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # sharded: a DTensor
         if not math.isfinite(norm):
             raise NonFiniteError("gradient")
         self.set_learning_rates(steps_done)

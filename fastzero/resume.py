@@ -16,6 +16,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .model import CriticModel
+from .sharded_checkpoint import is_sharded_checkpoint, load_full_into_sharded, load_sharded, save_sharded
 from .state import TrainState
 
 if TYPE_CHECKING:
@@ -45,6 +46,8 @@ def save_run(run: "Run") -> str:
     models = {"policy": run.models.policy}
     if run.models.critic is not None:
         models["critic"] = run.models.critic
+    if run.dist.enabled:
+        return _save_sharded(run, models)
     saved = dataclasses.replace(run.state, rng=capture_rng(run), data=run.data.position(),
                                 wall_seconds=run.wall_seconds())
     return ckpt.save_checkpoint(run.checkpoints, run.state.step, models=models,
@@ -57,6 +60,8 @@ def restore_run(run: "Run") -> int:
     path = ckpt.latest_checkpoint(run.checkpoints)
     if path is None:
         raise FileNotFoundError(f"--resume: no checkpoint under {run.checkpoints}")
+    if is_sharded_checkpoint(path) or run.dist.enabled:
+        return _restore_sharded(run, path)
     saved, optimizer_state = ckpt.load_trainer_state(path)
     state = TrainState.from_dict(saved)
     from safetensors.torch import load_file
@@ -85,3 +90,70 @@ def _load_weights(module: torch.nn.Module, folder: str, load_file) -> None:
     if set(missing) - tied or unexpected:
         raise RuntimeError(f"checkpoint {folder} does not match the model: missing {sorted(set(missing) - tied)}, "
                            f"unexpected {sorted(unexpected)}")
+
+
+# ---- runs on several ranks (fastzero/sharded_checkpoint.py has the layout) ----------------------------
+
+_RANK_OWN = ("python", "torch", "cuda", "engine")  # each rank's own streams; "shuffle" is global
+
+
+def _save_sharded(run: "Run", models: dict[str, torch.nn.Module]) -> str:
+    rng = capture_rng(run)
+    saved = dataclasses.replace(run.state, rng={"shuffle": rng["shuffle"]}, data=run.data.position(),
+                                wall_seconds=run.wall_seconds())
+    optimizers = {"policy": run.optimizers.policy, "critic": run.optimizers.critic}
+    path = save_sharded(run.checkpoints, run.state.step, models=models, optimizers=optimizers,
+                        state=saved.to_dict(), rank_state={k: rng[k] for k in _RANK_OWN}, ctx=run.dist)
+    if run.dist.is_main:
+        run.tokenizer.save_pretrained(os.path.join(path, "tokenizer"))
+    return path
+
+
+def _restore_sharded(run: "Run", path: str) -> int:
+    """A sharded checkpoint on any number of ranks (1 included), or a one-process one on several."""
+    models = {"policy": run.models.policy}
+    optimizers = {"policy": run.optimizers.policy}
+    if run.models.critic is not None:
+        models["critic"], optimizers["critic"] = run.models.critic, run.optimizers.critic
+    if is_sharded_checkpoint(path):
+        saved, own = load_sharded(path, models=models, optimizers=optimizers, ctx=run.dist)
+    else:  # written by one process: every rank reads the full tensors and keeps its shard
+        saved, optimizer_state = ckpt.load_trainer_state(path)
+        own = None
+        for name, model in models.items():
+            weights = _read_weights(os.path.join(path, name), critic=name == "critic")
+            load_full_into_sharded(model, optimizers[name], weights, optimizer_state.get(name))
+    state = TrainState.from_dict(saved)
+    rng = {**state.rng, **(own or {})}
+    if own is None:  # another world size wrote it: there is no stream of this rank to continue
+        seed = run.config.run.seed + 7919 * (state.step + 1) + run.dist.rank
+        random.seed(seed)
+        torch.manual_seed(seed)
+        if hasattr(run.engine, "set_rng_state"):
+            generator = torch.Generator(device=getattr(run.engine, "device", "cpu")).manual_seed(seed)
+            run.engine.set_rng_state(generator.get_state())
+        run.say(f"note: {path} was written by a different number of ranks; weights, optimizer state and data "
+                "position are restored, the sampling streams are reseeded (the run continues, but its samples "
+                "differ from those of an uninterrupted run)")
+    else:
+        restore_rng(run, rng)
+    run.shuffle_generator.set_state(rng["shuffle"])
+    run.engine.update_weights(run.models.policy)
+    run.data.restore(state.data)
+    run.state = dataclasses.replace(state, rng=None, data=None)
+    run.say(f"resumed from {path} at step {state.step}")
+    return state.step
+
+
+def _read_weights(folder: str, *, critic: bool) -> dict[str, torch.Tensor]:
+    """A saved HF folder's tensors, named as the module names them (a critic: backbone. / value_head.)."""
+    from safetensors.torch import load_file
+
+    from .model import VALUE_HEAD_FILE
+
+    weights: dict[str, torch.Tensor] = {}
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".safetensors"):
+            prefix = ("value_head." if name == VALUE_HEAD_FILE else "backbone.") if critic else ""
+            weights.update({prefix + k: v for k, v in load_file(os.path.join(folder, name)).items()})
+    return weights

@@ -89,8 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     run = None
     try:
         run = Run(config, output_dir=output_dir, resume=bool(config.run.resume))
-        print(f"FastZero: {config.algorithm.estimator} on {run.device}, model {config.model.model_path}, "
-              f"output {output_dir}", flush=True)
+        ranks = f" x {run.dist.world_size} ranks" if run.dist.enabled else ""
+        if run.dist.is_main:
+            print(f"FastZero: {config.algorithm.estimator} on {run.device}{ranks}, model {config.model.model_path}, "
+                  f"output {output_dir}", flush=True)
         reporter = Reporter(run)
         train_loop(run, reporter)
         reporter.close()
@@ -99,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if run is None or run.state.step == 0:
             print("\ninterrupted before the first step; nothing to save", file=sys.stderr)
+            return 130
+        if run.dist.enabled:  # a save is collective: another rank may be gone (torchrun stops the job)
+            print(f"\nrank {run.dist.rank}: interrupted at step {run.state.step}; continue from the last "
+                  f"checkpoint with --resume {output_dir}", file=sys.stderr)
             return 130
         path = save_run(run)
         print(f"\ninterrupted: checkpoint saved at step {run.state.step} ({path}); "
@@ -112,9 +118,20 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:
+        if run is None or not run.dist.enabled:
+            raise
+        # Most often a collective that timed out (--dist-timeout) or lost a peer: name this rank.
+        print(f"error: rank {run.dist.rank} of {run.dist.world_size}: {err}", file=sys.stderr)
+        return 1
     finally:
         if run is not None:
             run.close()
+            from .distributed import shutdown
+
+            shutdown(run.dist)
+    if not run.dist.is_main:
+        return 0
     start, end = summary["start_accuracy"], summary["end_accuracy"]
     if start is not None and end is not None:
         print(f"held-out greedy accuracy: {100 * start:.1f}% -> {100 * end:.1f}% "
