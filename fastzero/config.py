@@ -51,6 +51,8 @@ class ModelConfig:
     attn_implementation: str = opt("auto", "attention: auto = flash_attention_2 if installed on GPU, else sdpa",
                                    ATTN_IMPLEMENTATIONS)
     gradient_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
+    save_dtype: str = opt("auto", "dtype of final/: auto = the source checkpoint's (a bf16 model trained in fp32 "
+                                  "on CPU is saved as bf16)", ("auto", "float32", "bfloat16"))
 
 
 @dataclass
@@ -139,6 +141,9 @@ class RunConfig:
     log_samples: int = opt(4, "sample completions written per step to samples.jsonl")
     price_per_hour: float = opt(0.0, "device price in $ per hour for the cost summary (0 = not priced)")
     progress: bool = opt(True, "show a progress bar on stderr")
+    plan: bool = opt(False, "print the per-GPU memory plan and exit, before loading anything")
+    device_memory_gb: float = opt(0.0, "device memory the plan is checked against (0 = the GPU's own; "
+                                       "none on CPU); a run whose plan does not fit stops before loading")
     dist_timeout: float = opt(600.0, "torchrun runs: seconds a collective waits for the other ranks before the job fails")
     fsdp_offload: bool = opt(False, "torchrun runs: keep sharded weights, gradients and optimizer state in CPU memory")
 
@@ -428,6 +433,7 @@ def validate(config: Config) -> None:
     need(o.grad_clip >= 0, "grad_clip", "must be >= 0")
     need(run.time_limit_minutes >= 0, "time_limit_minutes", "must be >= 0")
     need(run.price_per_hour >= 0, "price_per_hour", "must be >= 0")
+    need(run.device_memory_gb >= 0, "device_memory_gb", "must be >= 0")
     need(run.dist_timeout > 0, "dist_timeout", "must be > 0 seconds")
     sequences = r.prompts_per_step * r.samples_per_prompt
     need(sequences % a.mini_batch_size == 0 or a.mini_batch_size >= sequences, "mini_batch_size",
