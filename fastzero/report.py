@@ -11,8 +11,11 @@ from typing import Any
 import torch
 
 from .atomic import atomic_directory, atomic_write_text
+from .config import resolve_model_path
 from .episodes import Episodes
 from .metrics import ProgressBar, cost_summary, format_cost, plot_metrics
+from .model import save_model, saved_dtype
+from .write_errors import as_os_error
 
 
 class Reporter:
@@ -62,8 +65,9 @@ def finish_run(run) -> dict[str, Any]:
         if not run.dist.is_main:
             return {}
     else:
-        with atomic_directory(os.path.join(run.output_dir, "final")) as staging:
-            run.models.policy.save_pretrained(staging)
+        with atomic_directory(os.path.join(run.output_dir, "final")) as staging, as_os_error(str(staging)):
+            save_model(run.models.policy, staging, saved_dtype(run.config.model.save_dtype,
+                                                              resolve_model_path(run.config.model.model_path)))
             run.tokenizer.save_pretrained(staging)
     plot_metrics(run.metrics.rows, os.path.join(run.output_dir, "metrics.png"))
     wall = run.wall_seconds()

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from . import checkpoint as ckpt
+from .manifest import newest_intact
 from .model import CriticModel
 from .sharded_checkpoint import is_sharded_checkpoint, load_full_into_sharded, load_sharded, save_sharded
 from .state import TrainState
@@ -41,27 +42,52 @@ def restore_rng(run: "Run", rng: dict[str, Any]) -> None:
         run.engine.set_rng_state(rng["engine"])
 
 
+class NonFiniteWeights(RuntimeError):
+    """The weights hold NaN or inf: such a state is never saved over a good checkpoint."""
+
+
+def weights_are_finite(*modules) -> bool:
+    return all(bool(torch.isfinite(p).all()) for m in modules if m is not None for p in m.parameters())
+
+
 def save_run(run: "Run") -> str:
-    """Checkpoint the run at its current step; returns the checkpoint's path."""
+    """Checkpoint the run at its current (completed) step; returns the checkpoint's path. A step
+    already on disk is not written again, and non-finite weights raise NonFiniteWeights instead."""
+    path = os.path.join(run.checkpoints, f"step-{run.state.step:06d}")
+    if run.saved_step == run.state.step:
+        return path
     models = {"policy": run.models.policy}
     if run.models.critic is not None:
         models["critic"] = run.models.critic
+    if not weights_are_finite(*models.values()):
+        kept = f"step {run.saved_step}" if run.saved_step is not None else "none yet"
+        raise NonFiniteWeights(f"the weights are no longer finite at step {run.state.step} (lower --lr or "
+                               f"--grad-clip); no checkpoint was written over the last good one ({kept})")
     if run.dist.enabled:
-        return _save_sharded(run, models)
+        path = _save_sharded(run, models)
+        run.saved_step = run.state.step
+        return path
     saved = dataclasses.replace(run.state, rng=capture_rng(run), data=run.data.position(),
                                 wall_seconds=run.wall_seconds())
-    return ckpt.save_checkpoint(run.checkpoints, run.state.step, models=models,
+    path = ckpt.save_checkpoint(run.checkpoints, run.state.step, models=models,
                                 optimizer_state=run.optimizers.state_dicts(), state=saved.to_dict(),
                                 tokenizer=run.tokenizer)
+    run.saved_step = run.state.step
+    return path
 
 
-def restore_run(run: "Run") -> int:
-    """Load the newest checkpoint of `run.checkpoints` into the run; returns its step."""
-    path = ckpt.latest_checkpoint(run.checkpoints)
+def restore_run(run: "Run") -> int | None:
+    """Load the newest intact checkpoint of `run.checkpoints` into the run; returns its step, or
+    None when there is none (the run then starts from step 0 with its saved config)."""
+    path, notes = newest_intact(run.checkpoints)
+    for note in notes:
+        run.say(f"warning: {note}")
     if path is None:
-        raise FileNotFoundError(f"--resume: no checkpoint under {run.checkpoints}")
+        run.say(f"--resume: no intact checkpoint under {run.checkpoints}: starting from step 0 with the saved config")
+        return None
     if is_sharded_checkpoint(path) or run.dist.enabled:
-        return _restore_sharded(run, path)
+        run.saved_step = _restore_sharded(run, path)
+        return run.saved_step
     saved, optimizer_state = ckpt.load_trainer_state(path)
     state = TrainState.from_dict(saved)
     from safetensors.torch import load_file
@@ -76,6 +102,7 @@ def restore_run(run: "Run") -> int:
     restore_rng(run, state.rng)
     run.data.restore(state.data)
     run.state = dataclasses.replace(state, rng=None, data=None)  # live RNGs and data are the truth now
+    run.saved_step = state.step
     run.say(f"resumed from {path} at step {state.step}")
     return state.step
 
