@@ -375,6 +375,11 @@ def check_paths(config: Config) -> None:
         value = config.get(name)
         if value is not None and not os.path.exists(resolve_model_path(value)):
             raise FileNotFoundError(f"{_flag(name)}: {value!r} does not exist")
+
+
+def check_weights(config: Config) -> None:
+    """Fail before any work on missing, truncated or garbled safetensors (headers only, no loading).
+    Runs after the memory plan, which needs config.json alone."""
     from .weights_check import weights_problem
 
     for name in ("model_path", "critic_path"):

@@ -80,6 +80,10 @@ class Run:
         self.optimizers = Optimizers(cfg.optimizer, policy, critic)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.stop_ids = tuple(sorted(_stop_ids(policy, self.tokenizer)))
+        if self.dist.is_main:  # config.json first: from here on the directory is this run's (data/ cache included)
+            os.makedirs(output_dir, exist_ok=True)
+            recorded = {**cfg.to_dict(), "world_size": self.dist.world_size}
+            atomic_write_text(os.path.join(output_dir, "config.json"), json.dumps(recorded, indent=2) + "\n")
         self.data = TaskData(cfg.data, self.tokenizer, seed=cfg.run.seed, log=self.say, task=self.task,
                              cache_dir=os.path.join(output_dir, "data"))
         self.shuffle_generator = torch.Generator().manual_seed(cfg.run.seed + 17)
@@ -101,9 +105,6 @@ class Run:
         if not self.dist.is_main:  # rank 0 alone writes the run's files
             self.metrics = MemoryMetrics()
             return
-        os.makedirs(output_dir, exist_ok=True)
-        recorded = {**cfg.to_dict(), "world_size": self.dist.world_size}
-        atomic_write_text(os.path.join(output_dir, "config.json"), json.dumps(recorded, indent=2) + "\n")
         self.metrics = MetricsLog(output_dir, resume_step=resume_step)
 
     @property

@@ -118,6 +118,13 @@ def _main(argv: list[str] | None, interrupts: Interrupts) -> int:
     plan_error = check_memory_plan(config)
     if plan_error is not None:
         return plan_error
+    try:
+        from .config import check_weights
+
+        check_weights(config)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     output_dir = config.run.output_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
     config.run.output_dir = output_dir
     try:

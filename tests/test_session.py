@@ -175,7 +175,7 @@ def test_weights_that_become_non_finite_never_report_success(tmp_path, monkeypat
     def overflowing_step(self, steps_done):  # an update that overflows, as a huge learning rate would
         norm = real(self, steps_done)
         with torch.no_grad():
-            next(self.policy_module.parameters()).view(-1)[0] = float("inf")
+            next(self._policy.module.parameters()).view(-1)[0] = float("inf")
         return norm
 
     monkeypatch.setattr(optim.Optimizers, "step", overflowing_step)
