@@ -47,6 +47,12 @@ class ModelConfig:
     attn_implementation: str = opt("auto", "attention: auto = flash_attention_2 if installed on GPU, else sdpa",
                                    ATTN_IMPLEMENTATIONS)
     gradient_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
+    lora_rank: int = opt(0, "LoRA rank r of the policy's adapters through PEFT (0 = full fine-tuning); "
+                            "the reference is the base with adapters disabled")
+    lora_alpha: float = opt(32.0, "LoRA alpha (the adapter's update is scaled by alpha / r)")
+    lora_targets: str = opt("q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+                            "comma-separated module names that get LoRA adapters (never lm_head or embed_tokens)")
+    lora_save_merged: bool = opt(False, "also write the merged (base + adapter) model into final/ besides final/adapter/")
 
 
 @dataclass
@@ -82,6 +88,12 @@ class RolloutConfig:
     sglang_mem_fraction: float = opt(0.5, "sglang: GPU memory share for weights + KV cache")
     sglang_tp: int = opt(1, "sglang: tensor-parallel size")
     sync_bucket_mb: int = opt(512, "weight sync to the rollout engine in buckets of this many MB")
+    dynamic_sampling: bool = opt(False, "DAPO dynamic sampling: drop groups whose rewards all agree and sample more "
+                                        "prompts until the step has prompts_per_step groups")
+    max_sampling_rounds: int = opt(3, "dynamic sampling: most generation rounds per step (then train on what was kept)")
+    overlong_buffer: int = opt(0, "DAPO soft overlong penalty over the last N tokens before --max-new-tokens (0 = off)")
+    overlong_penalty: float = opt(1.0, "the soft overlong penalty at the length cap (it ramps linearly from 0)")
+    mask_truncated: bool = opt(False, "DAPO overlong filtering: responses cut at --max-new-tokens carry no loss")
 
 
 @dataclass
@@ -131,6 +143,11 @@ class RunConfig:
     log_samples: int = opt(4, "sample completions written per step to samples.jsonl")
     price_per_hour: float = opt(0.0, "device price in $ per hour for the cost summary (0 = not priced)")
     progress: bool = opt(True, "show a progress bar on stderr")
+    report_to: str = opt("none", "also log every metric to: none, tensorboard, wandb (offline), or both comma-separated")
+    target_accuracy: float | None = opt(None, "stop at the first evaluation whose held-out accuracy reaches this; "
+                                              "summary.json reports the steps, wall time and $ it took")
+    max_cost_usd: float | None = opt(None, "stop with a checkpoint before the run's cost (--price-per-hour) passes this")
+    max_device_hours: float | None = opt(None, "stop with a checkpoint before the run's device-hours pass this")
 
 
 SECTIONS = {
@@ -334,6 +351,7 @@ def validate(config: Config) -> None:
     need(o.weight_decay >= 0 and o.grad_clip >= 0, "grad_clip", "grad_clip and weight_decay must be >= 0")
     need(run.time_limit_minutes >= 0, "time_limit_minutes", "must be >= 0")
     need(run.price_per_hour >= 0, "price_per_hour", "must be >= 0")
+    validate_extensions(config, need)
     sequences = r.prompts_per_step * r.samples_per_prompt
     need(sequences % a.mini_batch_size == 0 or a.mini_batch_size >= sequences, "mini_batch_size",
          f"must divide prompts_per_step x samples_per_prompt = {sequences} (or be >= it)")
@@ -344,6 +362,33 @@ def validate(config: Config) -> None:
         need(a.estimator in TOKEN_METHODS, "kl_in_reward",
              f"a per-token KL reward needs a token-level estimator (--algorithm {' or '.join(TOKEN_METHODS)})")
     need(not (r.engine == "sglang" and run.device == "cpu"), "rollout", "sglang needs --device cuda")
+
+
+def validate_extensions(config: Config, need) -> None:
+    """LoRA, DAPO sampling, stop rules and loggers (kept apart from the core checks above)."""
+    m, r, run = config.model, config.rollout, config.run
+    need(m.lora_rank >= 0, "lora_rank", "must be >= 0")
+    if m.lora_rank:
+        need(m.lora_alpha > 0, "lora_alpha", "must be > 0")
+        targets = [t.strip() for t in m.lora_targets.split(",") if t.strip()]
+        need(bool(targets), "lora_targets", "name at least one module")
+        need(not {"lm_head", "embed_tokens"} & set(targets), "lora_targets",
+             "lm_head and embed_tokens cannot carry adapters (the fused loss reads the LM-head weight directly)")
+    need(m.lora_rank > 0 or not m.lora_save_merged, "lora_save_merged", "needs --lora-rank > 0")
+    need(r.max_sampling_rounds >= 1, "max_sampling_rounds", "must be >= 1")
+    if r.dynamic_sampling:
+        need(r.samples_per_prompt >= 2, "dynamic_sampling", "needs --samples-per-prompt >= 2 (it drops groups)")
+    need(0 <= r.overlong_buffer <= r.max_new_tokens, "overlong_buffer", "must be in [0, --max-new-tokens]")
+    need(r.overlong_penalty >= 0, "overlong_penalty", "must be >= 0")
+    from .loggers import parse_report_to
+    parse_report_to(run.report_to)  # raises naming --report-to
+    if run.target_accuracy is not None:
+        need(0 < run.target_accuracy <= 1, "target_accuracy", "must be in (0, 1]")
+    if run.max_cost_usd is not None:
+        need(run.max_cost_usd > 0, "max_cost_usd", "must be > 0")
+        need(run.price_per_hour > 0, "max_cost_usd", "needs --price-per-hour > 0 to know what a device-hour costs")
+    if run.max_device_hours is not None:
+        need(run.max_device_hours > 0, "max_device_hours", "must be > 0")
 
 
 def options_markdown() -> str:

@@ -22,7 +22,8 @@ class NonFiniteError(RuntimeError):
 class Optimizers:
     def __init__(self, cfg: OptimizerConfig, policy: torch.nn.Module, critic: torch.nn.Module | None = None):
         self.cfg, self.policy_module, self.critic_module = cfg, policy, critic
-        self.policy = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        trainable = [p for p in policy.parameters() if p.requires_grad]  # LoRA: the adapters only
+        self.policy = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.critic = (torch.optim.AdamW(critic.parameters(), lr=cfg.critic_lr, weight_decay=cfg.weight_decay)
                        if critic is not None else None)
 

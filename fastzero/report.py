@@ -11,7 +11,9 @@ import torch
 
 from .atomic import atomic_directory, atomic_write_text
 from .episodes import Episodes
+from .lora import save_final_policy
 from .metrics import ProgressBar, cost_summary, format_cost, plot_metrics
+from .stop_rules import format_target, summary_entries
 
 
 class Reporter:
@@ -54,7 +56,7 @@ class Reporter:
 def finish_run(run) -> dict[str, Any]:
     """Final model, plot and cost summary; returns the summary."""
     with atomic_directory(os.path.join(run.output_dir, "final")) as staging:
-        run.models.policy.save_pretrained(staging)
+        save_final_policy(run.models.policy, run.models.lora, staging, merged=run.config.model.lora_save_merged)
         run.tokenizer.save_pretrained(staging)
     plot_metrics(run.metrics.rows, os.path.join(run.output_dir, "metrics.png"))
     wall = run.wall_seconds()
@@ -63,7 +65,10 @@ def finish_run(run) -> dict[str, Any]:
                         price_per_hour=run.config.run.price_per_hour, device=str(run.device))
     start, end = state.eval_start or {}, run.metrics.last("eval/accuracy")
     summary = {"start_accuracy": start.get("eval/accuracy"), "end_accuracy": end,
-               "steps": state.step, "bad_steps": state.bad_steps, "cost": cost}
+               "steps": state.step, "bad_steps": state.bad_steps, "cost": cost,
+               **summary_entries(run.config.run, state)}
     atomic_write_text(os.path.join(run.output_dir, "summary.json"), json.dumps(summary, indent=2) + "\n")
     run.say(format_cost(cost))
+    if format_target(summary.get("target")):
+        run.say(format_target(summary["target"]))
     return summary

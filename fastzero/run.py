@@ -13,7 +13,9 @@ import json
 import os
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Any, ContextManager
 
 import torch
 from torch import nn
@@ -22,6 +24,8 @@ from .atomic import atomic_write_text
 from .config import Config, resolve_model_path
 from .data import TaskData
 from .episodes import Scorer, countdown_scorer, trim_stop
+from .loggers import make_sinks
+from .lora import LoraAdapters, add_adapters
 from .metrics import MetricsLog
 from .model import CriticModel, choose_backends, load_causal_lm, resolve_device
 from .optim import Optimizers
@@ -33,8 +37,20 @@ from .tasks.countdown.verifier import default_threads
 @dataclass
 class Models:
     policy: nn.Module
-    reference: nn.Module | None  # frozen copy of the starting policy; None when --kl-coef is 0
+    reference: nn.Module | None  # frozen copy of the starting policy (LoRA: the policy itself); None when --kl-coef is 0
     critic: CriticModel | None  # PPO only
+    lora: LoraAdapters | None = None  # --lora-rank > 0: the adapters injected into the policy
+
+    def reference_scope(self) -> ContextManager:
+        """Where the reference must be called: with LoRA, the policy with its adapters disabled."""
+        return self.lora.disabled() if self.lora is not None and self.reference is self.policy else nullcontext()
+
+    def weights_for(self, engine: RolloutEngine) -> Any:
+        """What engine.update_weights gets: the policy, or with LoRA and an engine holding its own
+        copy (SGLang), the merged (base + adapter) tensors under the base model's names."""
+        if self.lora is None or getattr(engine, "model", None) is self.policy:
+            return self.policy
+        return self.lora.merged_named_tensors()
 
 
 class Run:
@@ -58,12 +74,15 @@ class Run:
                                  attn_implementation=backends.attn_implementation,
                                  gradient_checkpointing=cfg.model.gradient_checkpointing)
         policy, _ = load_causal_lm(model_path, **self.load_options)
-        reference = copy.deepcopy(policy).eval().requires_grad_(False) if cfg.algorithm.kl_coef > 0 else None
+        lora = add_adapters(policy, cfg.model) if cfg.model.lora_rank else None
+        reference = None
+        if cfg.algorithm.kl_coef > 0:  # LoRA: the base is the policy with adapters off (no copy)
+            reference = policy if lora is not None else copy.deepcopy(policy).eval().requires_grad_(False)
         critic = None
         if cfg.algorithm.estimator == "ppo":
             critic_path = resolve_model_path(cfg.model.critic_path or cfg.model.model_path)
             critic = CriticModel.from_pretrained(critic_path, **self.load_options)
-        self.models = Models(policy, reference, critic)
+        self.models = Models(policy, reference, critic, lora)
         self.optimizers = Optimizers(cfg.optimizer, policy, critic)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.stop_ids = tuple(sorted(_stop_ids(policy, self.tokenizer)))
@@ -82,6 +101,7 @@ class Run:
         os.makedirs(output_dir, exist_ok=True)
         atomic_write_text(os.path.join(output_dir, "config.json"), json.dumps(cfg.to_dict(), indent=2) + "\n")
         self.metrics = MetricsLog(output_dir, resume_step=resume_step)
+        self.metrics.sinks = make_sinks(cfg.run.report_to, output_dir, config=cfg.to_dict(), resume_step=resume_step)
 
     @property
     def policy(self) -> nn.Module:

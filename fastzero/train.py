@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if run is not None:
             run.engine.shutdown()
+            run.metrics.close()
     start, end = summary["start_accuracy"], summary["end_accuracy"]
     if start is not None and end is not None:
         print(f"held-out greedy accuracy: {100 * start:.1f}% -> {100 * end:.1f}% "

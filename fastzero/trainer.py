@@ -25,6 +25,7 @@ from .algorithms import compute_advantages, rows_without_gradient, value_loss
 from .batch import SequenceBatch, collate, microbatches, minibatches
 from .config import Config
 from .data import TaskData
+from .dynamic_sampling import sample_step
 from .episodes import Decoder, Episodes, Scorer, sample_episodes
 from .metrics import PhaseTimer
 from .model import lm_head_weight, response_tokens, sequence_logprobs
@@ -55,15 +56,17 @@ class Trainer:
     def step(self, step: int) -> tuple[dict[str, float], Episodes]:
         """Sample, score and train on one batch of prompts; returns the metrics row and the episodes."""
         r, a = self.cfg.rollout, self.cfg.algorithm
-        problems = self.data.next_batch(r.prompts_per_step)
-        params = SamplingParams(n=r.samples_per_prompt, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
-                                top_p=r.top_p, top_k=r.top_k, stop_token_ids=self.stop_ids)
-        episodes = sample_episodes(self.engine, [self.data.prompt_ids(p) for p in problems], problems, params,
-                                   decode=self.decode, scorer=self.scorer, phase=self.timer.phase)
-        scores = torch.tensor(episodes.scores)
+        sample = sample_step(self.sample_round, r)  # one round, or DAPO's dynamic sampling
+        episodes = sample.episodes
+        scores = torch.tensor(sample.rewards)  # the task's scores (+ the overlong penalty when on)
         batch = collate(episodes.prompt_ids, episodes.response_ids, pad_id=self.pad_id, device=self.device,
                         rollout_logprobs=episodes.sampler_logprobs, finish_reasons=episodes.finish_reasons)
+        generated = int(batch.response_mask.sum())
+        if r.mask_truncated:  # DAPO's overlong filtering: truncated responses carry no loss
+            batch.response_mask[batch.truncated.to(self.device)] = 0.0
         carries_gradient = self.rows_with_gradient(scores.to(self.device), batch)
+        if r.mask_truncated:
+            carries_gradient &= ~batch.truncated
         with self.timer.phase("logprobs"):
             old_logp, ref_logp, old_values = self.score_tokens(batch, carries_gradient)
         kl = (old_logp - ref_logp) * batch.response_mask if ref_logp is not None else None
@@ -78,22 +81,34 @@ class Trainer:
             finally:  # a skipped (non-finite) step must leave the engine able to generate
                 self.engine.resume_memory()
         with self.timer.phase("sync"):
-            self.engine.update_weights(self.models.policy)
+            self.engine.update_weights(self.models.weights_for(self.engine))
 
-        generated = int(batch.response_mask.sum())
         self.state.tokens += int(batch.attention_mask.sum())
-        correct = (scores == a.correct_score).float()
+        task_scores = torch.tensor(sample.generated_scores)  # every response generated this step
+        correct = (task_scores == a.correct_score).float()
         row = {
             "step": step,
-            "reward/mean": float(scores.mean()),
+            "reward/mean": float(task_scores.mean()),
             "accuracy/train": float(correct.mean()),
             "response/length": generated / max(1, len(episodes)),
-            "groups/zero_variance": _zero_variance_share(scores, r.samples_per_prompt),
+            "groups/zero_variance": _zero_variance_share(task_scores, r.samples_per_prompt),
+            **sample.stats,
             **stats,
         }
+        if r.mask_truncated or r.overlong_buffer:
+            row["overlong/truncated_share"] = float(batch.truncated.float().mean())
         if kl is not None:
             row["kl/ref"] = float(kl.sum() / batch.response_mask.sum().clamp(min=1))
         return row, episodes
+
+    def sample_round(self, count: int) -> Episodes:
+        """Generate and score samples_per_prompt responses for each of the next `count` prompts."""
+        r = self.cfg.rollout
+        problems = self.data.next_batch(count)
+        params = SamplingParams(n=r.samples_per_prompt, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
+                                top_p=r.top_p, top_k=r.top_k, stop_token_ids=self.stop_ids)
+        return sample_episodes(self.engine, [self.data.prompt_ids(p) for p in problems], problems, params,
+                               decode=self.decode, scorer=self.scorer, phase=self.timer.phase)
 
     def rows_with_gradient(self, scores: torch.Tensor, batch: SequenceBatch) -> torch.Tensor:
         """[B] bool (CPU): the sequences whose loss has a non-zero gradient.
@@ -126,8 +141,9 @@ class Trainer:
             old[rows, :width] = sequence_logprobs(models.policy, mb.input_ids, mb.attention_mask,
                                                   mb.response_mask, temperature=temperature)
             if ref is not None:
-                ref[rows, :width] = sequence_logprobs(models.reference, mb.input_ids, mb.attention_mask,
-                                                      mb.response_mask, temperature=temperature)
+                with models.reference_scope():  # LoRA: the policy with its adapters disabled
+                    ref[rows, :width] = sequence_logprobs(models.reference, mb.input_ids, mb.attention_mask,
+                                                          mb.response_mask, temperature=temperature)
             if values is not None:
                 values[rows, :width] = _shifted_values(models.critic, mb) * mb.response_mask
         return old, ref, values
