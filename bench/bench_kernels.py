@@ -27,6 +27,12 @@ FLOP floor here is 6*N*H*V (logits, grad_hidden, grad_weight: what one pass need
 against Liger. Tokens come as sequences of LOSS_SEQ_LEN with random right padding (lengths in
 [T/2, T]); padded tokens cost every candidate the same.
 
+Workload "loss-modes": the fused loss in each loss mode and mismatch correction (GSPO with its
+paper's clip 3e-4/4e-4, CISPO with no lower clip, TIS token-level, MIS and TIS sequence-level; cap
+2, rollout log-probs = old + N(0, 0.1^2)), each timed back to back against the plain PPO clip: the
+same pass over the vocabulary, so the ratio should be ~1; plus GSPO whose sequences do not fit one
+chunk (the forward-only pre-pass, against PPO with the same chunks).
+
 To add rows, register a Candidate in WORKLOADS under a new workload name; `build(problem)` returns
 a closure that runs the forward and returns (outputs, upstream grads) for torch.autograd.backward,
 or raises Unavailable.
@@ -175,6 +181,7 @@ class LossBatch:
     ref_logp: torch.Tensor  # [B, T] fp32
     advantages: torch.Tensor  # [B] fp32, one per sequence
     token_weight: torch.Tensor  # [B*T] fp32: token_weights(mask, "token-mean") flattened
+    rollout_logp: torch.Tensor  # [B, T] fp32: the sampler's log-probs (old + a mismatch)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -196,7 +203,8 @@ def loss_batch(p: Problem) -> LossBatch:
     old = logp + 0.3 * torch.randn(batch, seq_len, generator=gen)  # some tokens clip on either side
     ref = logp + 0.3 * torch.randn(batch, seq_len, generator=gen)
     advantages = torch.randn(batch, generator=gen)
-    tensors = (mask, old, ref, advantages, token_weights(mask, "token-mean").reshape(-1))
+    rollout = old + 0.1 * torch.randn(batch, seq_len, generator=gen)  # drawn last: the rest is unchanged
+    tensors = (mask, old, ref, advantages, token_weights(mask, "token-mean").reshape(-1), rollout)
     return LossBatch(*(x.to(p.hidden.device) for x in tensors))
 
 
@@ -227,6 +235,46 @@ def ours_two_pass_loss(backend: str, budget_bytes: int | None = None):
             return [loss], [torch.ones_like(loss)]
         return run
     return build
+
+
+def ours_mode_loss(backend: str, budget_bytes: int | None = None, **mode):
+    """The fused loss in one loss mode / mismatch correction (loss_mode, is_correction, is_level)."""
+    def build(p: Problem):
+        lb = loss_batch(p)
+        batch, seq_len = lb.shape
+        adv = lb.advantages[:, None].expand(lb.shape).reshape(-1)
+        old, ref, rollout = lb.old_logp.reshape(-1), lb.ref_logp.reshape(-1), lb.rollout_logp.reshape(-1)
+        seq_index = torch.arange(batch, device=old.device).repeat_interleave(seq_len)
+
+        def run():
+            with forced_backend(backend), _budget(budget_bytes):
+                loss, _ = fused_linear_policy_loss(p.hidden, p.weight, p.targets, old, adv, lb.token_weight,
+                                                   ref_logp=ref, temperature=p.temperature, rollout_logp=rollout,
+                                                   seq_index=seq_index, **(LOSS_OPTIONS | mode))
+            return [loss], [torch.ones_like(loss)]
+        return run
+    return build
+
+
+def mode_candidates(device: str, backend: str) -> list[Candidate]:
+    """PPO clip (the baseline), GSPO, CISPO and the mismatch corrections, all fused, on one backend.
+    "gspo, long seqs": chunks of 64 rows (a 64*V*8-byte budget) cut every 128-token sequence, so
+    GSPO takes its forward-only pre-pass; "ppo, 64-row chunks" is its baseline."""
+    tag = f" ({backend})"
+    rows_64 = 64 * CPU_VOCAB * (4 if backend == "triton" else 8) if device == "cpu" else 64 * QWEN_VOCAB * 6
+    return [
+        Candidate("ppo" + tag, ours_mode_loss(backend), (device,), "the plain PPO clip"),
+        Candidate("gspo" + tag, ours_mode_loss(backend, loss_mode="gspo", clip_low=3e-4, clip_high=4e-4), (device,)),
+        Candidate("cispo" + tag, ours_mode_loss(backend, loss_mode="cispo", clip_low=1.0, clip_high=0.28),
+                  (device,)),
+        Candidate("ppo+tis token" + tag, ours_mode_loss(backend, is_correction="tis"), (device,)),
+        Candidate("ppo+mis seq" + tag, ours_mode_loss(backend, is_correction="mis", is_level="sequence"), (device,)),
+        Candidate("gspo+tis seq" + tag, ours_mode_loss(backend, loss_mode="gspo", clip_low=3e-4, clip_high=4e-4,
+                                                       is_correction="tis", is_level="sequence"), (device,)),
+        Candidate("ppo, 64-row chunks" + tag, ours_mode_loss(backend, rows_64), (device,)),
+        Candidate("gspo, long seqs" + tag, ours_mode_loss(backend, rows_64, loss_mode="gspo", clip_low=3e-4,
+                                                          clip_high=4e-4), (device,), "pre-pass"),
+    ]
 
 
 def eager_loss(p: Problem):
@@ -284,6 +332,7 @@ WORKLOADS: dict[str, list[Candidate]] = {
         Candidate("two-pass (torch, 16M)", ours_two_pass_loss("torch", 16 * 2**20), ("cpu",), "16 MiB budget"),
         Candidate("fused (torch, 16M)", ours_fused_loss("torch", 16 * 2**20), ("cpu",), "16 MiB budget"),
     ],
+    "loss-modes": mode_candidates("cuda", "triton") + mode_candidates("cpu", "torch"),
 }
 BASELINE = {"cuda": "eager", "cpu": "reference"}
 # Pairs (first, second) whose time ratio is also measured back to back, per device.
@@ -291,9 +340,14 @@ PAIRED_RATIOS = {"policy-loss": {
     "cuda": [("ours fused", "ours two-pass"), ("ours fused", "liger GRPO")],
     "cpu": [("ours fused (torch)", "ours two-pass (torch)"), ("fused (torch, 16M)", "two-pass (torch, 16M)"),
             ("ours fused (torch)", "liger GRPO")],
+}, "loss-modes": {
+    device: [(c.name, f"ppo ({backend})") for c in mode_candidates(device, backend)[1:6]]
+    + [(f"gspo, long seqs ({backend})", f"ppo, 64-row chunks ({backend})")]
+    for device, backend in (("cuda", "triton"), ("cpu", "torch"))
 }}
-WORKLOAD_BASELINE = {"policy-loss": "liger GRPO"}  # overrides BASELINE for that workload
-WORKLOAD_FLOPS_PER_NHV = {"logprobs": 8.0, "policy-loss": 6.0}
+# Overrides BASELINE for these workloads.
+WORKLOAD_BASELINE = {"policy-loss": "liger GRPO", "loss-modes": {"cuda": "ppo (triton)", "cpu": "ppo (torch)"}}
+WORKLOAD_FLOPS_PER_NHV = {"logprobs": 8.0, "policy-loss": 6.0, "loss-modes": 6.0}
 
 
 def make_problem(n, h, v, dtype, device, seed=0) -> Problem:
@@ -402,7 +456,8 @@ def run_shape(workload: str, problem: Problem, device, reps: int, ceiling_tflops
         finally:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    base = rows.get(WORKLOAD_BASELINE.get(workload, BASELINE[device.type]), {})
+    baseline = WORKLOAD_BASELINE.get(workload, BASELINE[device.type])
+    base = rows.get(baseline[device.type] if isinstance(baseline, dict) else baseline, {})
     for row in rows.values():
         if "error" in row:
             continue

@@ -2,7 +2,9 @@
 
 - `fused_logprobs`: token log-probs and entropy straight from hidden states, in bounded chunks,
   never materializing [tokens x vocab] logits.
-- `policy_loss`: the PPO/GRPO clipped loss with KL and entropy terms, forward and backward in one pass.
+- `policy_loss`: the policy loss (LOSS_MODES: ppo clip, gspo, cispo) with KL and entropy terms and
+  rollout-mismatch correction (IS_CORRECTIONS x IS_LEVELS, kernels/mismatch.py), forward and
+  backward in one pass.
 - `fused_linear_policy_loss`: that loss straight from hidden states, one pass over the vocabulary
   per chunk (logits once; the loss' gradient goes straight into the log-softmax backward).
 - `token_weights` (kernels/aggregation.py): each token's coefficient in the batch loss, the one
@@ -15,7 +17,10 @@ from .advantage import gae, group_advantages, reinforce_pp_advantages, whiten
 from .aggregation import AGGREGATIONS, token_weights
 from .fused_policy_loss import fused_linear_policy_loss
 from .logprob import fused_logprobs
-from .policy_loss import KL_TYPES, policy_loss, token_loss_terms
+from .loss_terms import KL_TYPES, LOSS_MODES, token_loss_terms
+from .mismatch import IS_CORRECTIONS, IS_LEVELS
+from .policy_loss import policy_loss
 
 __all__ = ["fused_logprobs", "fused_linear_policy_loss", "policy_loss", "token_loss_terms", "token_weights",
-           "AGGREGATIONS", "KL_TYPES", "group_advantages", "gae", "whiten", "reinforce_pp_advantages"]
+           "AGGREGATIONS", "KL_TYPES", "LOSS_MODES", "IS_CORRECTIONS", "IS_LEVELS", "group_advantages", "gae",
+           "whiten", "reinforce_pp_advantages"]

@@ -10,23 +10,14 @@ is the plain PyTorch twin in fastzero.kernels.reference (it may materialize [N, 
 """
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
 
+from fastzero.kernels._utils import HAS_TRITON
+
 BACKEND_ENV = "FASTZERO_KERNELS"
 BACKENDS = ("auto", "triton", "torch", "reference")
-
-
-@functools.lru_cache(maxsize=1)
-def triton_importable() -> bool:
-    try:
-        import triton  # noqa: F401
-        import triton.language  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def interpreting() -> bool:
@@ -44,7 +35,7 @@ def forced_backend() -> str:
 def backend_for(device: torch.device) -> str:
     """'triton', 'torch' (chunked PyTorch) or 'reference' for tensors on `device`."""
     forced = forced_backend()
-    triton_ok = triton_importable() and (device.type == "cuda" or (device.type == "cpu" and interpreting()))
+    triton_ok = HAS_TRITON and (device.type == "cuda" or (device.type == "cpu" and interpreting()))
     if forced == "triton":
         if not triton_ok:
             raise RuntimeError(

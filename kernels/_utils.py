@@ -1,4 +1,5 @@
-"""What the kernel files share: argument checks, dtype lists, small row helpers.
+"""What the kernel files share: the guarded Triton import, argument checks, dtype lists, row helpers,
+and the row order of the per-token / per-row stat sums both loss kernels write.
 
 Checks raise before any work, naming the argument (`clip_low must be >= 0, got -0.1`).
 """
@@ -9,10 +10,32 @@ from typing import Optional
 
 import torch
 
-# Floating dtypes the kernels take as inputs (they compute in fp32).
+# The one guarded Triton import: every kernel file takes `triton`/`tl` from here and defines its
+# kernels only `if HAS_TRITON`, so the package imports (and runs its torch paths) without Triton.
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: the torch and reference paths still work
+    triton = tl = None
+HAS_TRITON = triton is not None
+
+# Rows (fused loss, [6, N]) or columns (two-pass loss, [B, 6]) of the stat sums the loss kernels
+# write; summed once at the end, without atomics, so results are deterministic.
+LOSS, CLIPPED, DUAL_CLIPPED, KL_OLD, KL_REF, ENTROPY = range(6)
+NUM_STAT_SUMS = 6
+if HAS_TRITON:
+    # The same indices as Triton compile-time constants: a kernel may only read globals that are
+    # tl.constexpr objects (the interpreter does not enforce it; the GPU compiler does).
+    LOSS_C, CLIPPED_C, DUAL_CLIPPED_C, KL_OLD_C, KL_REF_C, ENTROPY_C = (
+        tl.constexpr(i) for i in (LOSS, CLIPPED, DUAL_CLIPPED, KL_OLD, KL_REF, ENTROPY))
+    NUM_STAT_SUMS_C = tl.constexpr(NUM_STAT_SUMS)
+
+# Floating dtypes the loss and log-prob kernels take as inputs (they compute in fp32); the advantage
+# functions also take float64 (cheap [B] / [B, T] math, and the tests' oracle precision).
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+ANY_FLOAT_DTYPES = FLOAT_DTYPES + (torch.float64,)
 # Mask dtypes: bool or numeric, nonzero = valid.
-MASK_DTYPES = (torch.bool, torch.uint8, torch.int32, torch.int64) + FLOAT_DTYPES + (torch.float64,)
+MASK_DTYPES = (torch.bool, torch.uint8, torch.int32, torch.int64) + ANY_FLOAT_DTYPES
 
 
 def check_number(name: str, value, *, minimum: Optional[float] = None, above: Optional[float] = None) -> None:

@@ -20,21 +20,16 @@ model, so a second PyTorch version would only duplicate it).
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from fastzero.kernels import reference
-from fastzero.kernels._dispatch import backend_for, triton_importable
+from fastzero.kernels._dispatch import backend_for
+from fastzero.kernels._utils import (ANY_FLOAT_DTYPES, HAS_TRITON, MASK_DTYPES, check_choice, check_number,
+                                     check_tensor, tl, triton)
 
 GROUP_METHODS = ("grpo", "dr_grpo", "rloo")
-FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
-MASK_DTYPES = (torch.bool, torch.uint8, torch.int32, torch.int64) + FLOAT_DTYPES
 
-if triton_importable():
-    import triton
-    import triton.language as tl
-
+if HAS_TRITON:
     @triton.jit
     def _group_advantages_kernel(
         rewards_ptr, out_ptr,  # [n_groups * group_size]
@@ -93,19 +88,12 @@ def _check_float_tensor(name: str, x, dims: int) -> None:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != dims or x.numel() == 0:
         raise ValueError(f"{name} must be a non-empty {dims}-D tensor, got shape {list(x.shape)}")
-    if x.dtype not in FLOAT_DTYPES:
+    if x.dtype not in ANY_FLOAT_DTYPES:
         raise TypeError(f"{name} must be a floating tensor, got {x.dtype}")
 
 
 def _check_mask(mask, like: torch.Tensor) -> None:
-    if not isinstance(mask, torch.Tensor):
-        raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
-    if mask.shape != like.shape:
-        raise ValueError(f"mask must have shape {list(like.shape)}, got {list(mask.shape)}")
-    if mask.dtype not in MASK_DTYPES:
-        raise TypeError(f"mask must be bool or numeric, got {mask.dtype}")
-    if mask.device != like.device:
-        raise ValueError(f"mask is on {mask.device} but the data is on {like.device}")
+    check_tensor("mask", mask, tuple(like.shape), like.device, MASK_DTYPES, like="the data")
 
 
 def _check_unit_interval(name: str, value) -> None:
@@ -122,10 +110,8 @@ def group_advantages(
         raise ValueError(f"group_size must be a positive int, got {group_size!r}")
     if rewards.shape[0] % group_size:
         raise ValueError(f"rewards has {rewards.shape[0]} rows, not divisible by group_size={group_size}")
-    if method not in GROUP_METHODS:
-        raise ValueError(f"method={method!r} is not one of {', '.join(GROUP_METHODS)}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps >= 0):
-        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    check_choice("method", method, GROUP_METHODS)
+    check_number("eps", eps, minimum=0.0)
 
     if group_size == 1:  # no baseline to compare with
         return torch.zeros(rewards.shape, device=rewards.device, dtype=torch.float32)
@@ -186,8 +172,7 @@ def whiten(
     """
     _check_float_tensor("values", values, 2)
     _check_mask(mask, values)
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps > 0):
-        raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
+    check_number("eps", eps, above=0.0)
     valid = mask != 0
     x = torch.where(valid, values.float(), 0.0)
     count = valid.sum(dtype=torch.float32)

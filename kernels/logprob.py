@@ -36,107 +36,105 @@ log-probs by ~0.05, too much for PPO ratios, so bf16 matmuls write fp32 output (
 from __future__ import annotations
 
 import functools
-import math
 from typing import Callable, Optional
 
 import torch
-import triton
-import triton.language as tl
 
 from fastzero.kernels._dispatch import backend_for
+from fastzero.kernels._utils import FLOAT_DTYPES, HAS_TRITON, check_number, rows_of, tl, triton
 
 CHUNK_BUDGET_BYTES = 256 * 2**20  # the most the [rows, V] chunk buffers may hold at once
 MAX_BLOCK_V = 4096  # vocab columns per kernel iteration: 16 fp32 values per thread at 8 warps
-SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 TokenGrads = Callable[[torch.Tensor, torch.Tensor], "tuple[Optional[torch.Tensor], Optional[torch.Tensor]]"]
 
 
-@triton.jit
-def _logprob_stats_kernel(
-    # pointers
-    logits_ptr, targets_ptr, logp_ptr, entropy_ptr, lse_ptr,
-    # shapes and scalars
-    n_vocab, inv_temperature,
-    # strides
-    logits_row_stride,
-    BLOCK_V: tl.constexpr,
-):
-    row = tl.program_id(0).to(tl.int64)
-    logits_row = logits_ptr + row * logits_row_stride
-    # Online state per lane (reduced across lanes once, after the loop: no per-block reductions):
-    # m = running max, s = sum exp(z - m), t = sum exp(z - m) * (z - m). t stays relative to m
-    # (not sum p*z) so the entropy never cancels two numbers of the size of the logits. m starts
-    # at a finite -1e30, not -inf, so lanes that saw nothing yet give 0 * finite, never inf - inf.
-    m = tl.full([BLOCK_V], -1e30, tl.float32)
-    s = tl.full([BLOCK_V], 0.0, tl.float32)
-    t = tl.full([BLOCK_V], 0.0, tl.float32)
-    for start in tl.range(0, n_vocab, BLOCK_V):
-        cols = start + tl.arange(0, BLOCK_V)
-        mask = cols < n_vocab
-        z = tl.load(logits_row + cols, mask=mask, other=float("-inf")).to(tl.float32) * inv_temperature
-        m_new = tl.maximum(m, z)
-        shift = m - m_new  # <= 0
+if HAS_TRITON:
+    @triton.jit
+    def _logprob_stats_kernel(
+        # pointers
+        logits_ptr, targets_ptr, logp_ptr, entropy_ptr, lse_ptr,
+        # shapes and scalars
+        n_vocab, inv_temperature,
+        # strides
+        logits_row_stride,
+        BLOCK_V: tl.constexpr,
+    ):
+        row = tl.program_id(0).to(tl.int64)
+        logits_row = logits_ptr + row * logits_row_stride
+        # Online state per lane (reduced across lanes once, after the loop: no per-block reductions):
+        # m = running max, s = sum exp(z - m), t = sum exp(z - m) * (z - m). t stays relative to m
+        # (not sum p*z) so the entropy never cancels two numbers of the size of the logits. m starts
+        # at a finite -1e30, not -inf, so lanes that saw nothing yet give 0 * finite, never inf - inf.
+        m = tl.full([BLOCK_V], -1e30, tl.float32)
+        s = tl.full([BLOCK_V], 0.0, tl.float32)
+        t = tl.full([BLOCK_V], 0.0, tl.float32)
+        for start in tl.range(0, n_vocab, BLOCK_V):
+            cols = start + tl.arange(0, BLOCK_V)
+            mask = cols < n_vocab
+            z = tl.load(logits_row + cols, mask=mask, other=float("-inf")).to(tl.float32) * inv_temperature
+            m_new = tl.maximum(m, z)
+            shift = m - m_new  # <= 0
+            alpha = tl.exp(shift)
+            d = tl.where(mask, z - m_new, 0.0)
+            e = tl.where(mask, tl.exp(d), 0.0)
+            t = alpha * (t + shift * s) + e * d
+            s = alpha * s + e
+            m = m_new
+        # Merge the lanes: rescale every lane to the row max m_row the same way.
+        m_row = tl.max(m, axis=0)
+        shift = m - m_row
         alpha = tl.exp(shift)
-        d = tl.where(mask, z - m_new, 0.0)
-        e = tl.where(mask, tl.exp(d), 0.0)
-        t = alpha * (t + shift * s) + e * d
-        s = alpha * s + e
-        m = m_new
-    # Merge the lanes: rescale every lane to the row max m_row the same way.
-    m_row = tl.max(m, axis=0)
-    shift = m - m_row
-    alpha = tl.exp(shift)
-    s_row = tl.sum(alpha * s, axis=0)
-    t_row = tl.sum(alpha * (t + shift * s), axis=0)
-    log_s = tl.log(s_row)
-    lse = m_row + log_s
-    target = tl.load(targets_ptr + row)
-    target_logit = tl.load(logits_row + target).to(tl.float32) * inv_temperature
-    tl.store(logp_ptr + row, target_logit - lse)
-    tl.store(entropy_ptr + row, log_s - t_row / s_row)
-    tl.store(lse_ptr + row, lse)
+        s_row = tl.sum(alpha * s, axis=0)
+        t_row = tl.sum(alpha * (t + shift * s), axis=0)
+        log_s = tl.log(s_row)
+        lse = m_row + log_s
+        target = tl.load(targets_ptr + row)
+        target_logit = tl.load(logits_row + target).to(tl.float32) * inv_temperature
+        tl.store(logp_ptr + row, target_logit - lse)
+        tl.store(entropy_ptr + row, log_s - t_row / s_row)
+        tl.store(lse_ptr + row, lse)
 
 
-@triton.jit
-def _logprob_grad_kernel(
-    # pointers (grad may alias logits: each element is read before the same program writes it)
-    logits_ptr, grad_ptr, targets_ptr, lse_ptr, entropy_ptr, grad_logp_ptr, grad_entropy_ptr,
-    # shapes and scalars
-    n_vocab, inv_temperature,
-    # strides
-    logits_row_stride, grad_row_stride,
-    HAS_GRAD_LOGP: tl.constexpr,
-    HAS_GRAD_ENTROPY: tl.constexpr,
-    BLOCK_V: tl.constexpr,
-):
-    row = tl.program_id(0).to(tl.int64)
-    logits_row = logits_ptr + row * logits_row_stride
-    grad_row = grad_ptr + row * grad_row_stride
-    lse = tl.load(lse_ptr + row)
-    target = tl.load(targets_ptr + row)
-    if HAS_GRAD_LOGP:
-        g_logp = tl.load(grad_logp_ptr + row)
-    if HAS_GRAD_ENTROPY:
-        g_entropy = tl.load(grad_entropy_ptr + row)
-        entropy = tl.load(entropy_ptr + row)
-    for start in tl.range(0, n_vocab, BLOCK_V):
-        cols = start + tl.arange(0, BLOCK_V)
-        mask = cols < n_vocab
-        z = tl.load(logits_row + cols, mask=mask, other=0.0).to(tl.float32) * inv_temperature
-        logp = z - lse
-        p = tl.exp(logp)
-        grad = tl.full([BLOCK_V], 0.0, tl.float32)
+    @triton.jit
+    def _logprob_grad_kernel(
+        # pointers (grad may alias logits: each element is read before the same program writes it)
+        logits_ptr, grad_ptr, targets_ptr, lse_ptr, entropy_ptr, grad_logp_ptr, grad_entropy_ptr,
+        # shapes and scalars
+        n_vocab, inv_temperature,
+        # strides
+        logits_row_stride, grad_row_stride,
+        HAS_GRAD_LOGP: tl.constexpr,
+        HAS_GRAD_ENTROPY: tl.constexpr,
+        BLOCK_V: tl.constexpr,
+    ):
+        row = tl.program_id(0).to(tl.int64)
+        logits_row = logits_ptr + row * logits_row_stride
+        grad_row = grad_ptr + row * grad_row_stride
+        lse = tl.load(lse_ptr + row)
+        target = tl.load(targets_ptr + row)
         if HAS_GRAD_LOGP:
-            grad += g_logp * (tl.where(cols == target, 1.0, 0.0) - p)
+            g_logp = tl.load(grad_logp_ptr + row)
         if HAS_GRAD_ENTROPY:
-            grad -= g_entropy * p * (logp + entropy)
-        grad = grad * inv_temperature
-        tl.store(grad_row + cols, grad.to(grad_ptr.dtype.element_ty), mask=mask)
+            g_entropy = tl.load(grad_entropy_ptr + row)
+            entropy = tl.load(entropy_ptr + row)
+        for start in tl.range(0, n_vocab, BLOCK_V):
+            cols = start + tl.arange(0, BLOCK_V)
+            mask = cols < n_vocab
+            z = tl.load(logits_row + cols, mask=mask, other=0.0).to(tl.float32) * inv_temperature
+            logp = z - lse
+            p = tl.exp(logp)
+            grad = tl.full([BLOCK_V], 0.0, tl.float32)
+            if HAS_GRAD_LOGP:
+                grad += g_logp * (tl.where(cols == target, 1.0, 0.0) - p)
+            if HAS_GRAD_ENTROPY:
+                grad -= g_entropy * p * (logp + entropy)
+            grad = grad * inv_temperature
+            tl.store(grad_row + cols, grad.to(grad_ptr.dtype.element_ty), mask=mask)
 
 
 def _block_v(n_vocab: int, block_v: Optional[int]) -> tuple[int, int]:
-    block = block_v or min(triton.next_power_of_2(n_vocab), MAX_BLOCK_V)
+    block = block_v or min(1 << max(n_vocab - 1, 0).bit_length(), MAX_BLOCK_V)  # next power of 2
     return block, (4 if block <= 1024 else 8)
 
 
@@ -280,15 +278,11 @@ def _chunk_buffers(plan: _Plan, rows: int, n_vocab: int, device):
     return logits, grads
 
 
-def _rows_of(tensor: Optional[torch.Tensor], rows: slice) -> Optional[torch.Tensor]:
-    return None if tensor is None else tensor[rows]
-
-
 def _as_fp32(grad: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return None if grad is None else grad.detach().to(torch.float32).contiguous()
 
 
-def _chunk_forward_backward(
+def chunk_forward_backward(
     hidden_chunk: torch.Tensor,
     weight: torch.Tensor,
     targets_chunk: torch.Tensor,
@@ -305,8 +299,8 @@ def _chunk_forward_backward(
     returns (dL/dlogp, dL/dentropy) as [C] tensors or None, and the same logits buffer becomes
     dL/dlogits. Returns (logp [C] fp32, entropy [C] fp32, grad_hidden [C, H] in hidden's dtype) and
     adds dL/dweight into `grad_weight` ([V, H] fp32, in place) when given. Chunk size C: the caller's;
-    `_one_pass_rows(weight, backend)` gives the C whose buffers fit CHUNK_BUDGET_BYTES. Inputs are
-    trusted (validate them upstream with _check_inputs). Runs under no_grad: nothing here is
+    `one_pass_rows(weight, backend)` gives the C whose buffers fit CHUNK_BUDGET_BYTES. Inputs are
+    trusted (validate them upstream with check_inputs). Runs under no_grad: nothing here is
     recorded by autograd; push grad_hidden into the model with hidden.backward(grad_hidden).
     `backend`: "triton" or "torch" (default: backend_for(hidden_chunk.device); "reference" -> torch).
     """
@@ -337,8 +331,8 @@ def _chunk_forward_backward_impl(hidden_chunk, weight, targets_chunk, token_grad
     return logp, entropy, grad_hidden
 
 
-def _one_pass_rows(weight: torch.Tensor, backend: Optional[str] = None) -> int:
-    """Rows per _chunk_forward_backward call that keep its [rows, V] buffers within the budget."""
+def one_pass_rows(weight: torch.Tensor, backend: Optional[str] = None) -> int:
+    """Rows per chunk_forward_backward call that keep its [rows, V] buffers within the budget."""
     backend = backend or backend_for(weight.device)
     return _Plan(weight, "triton" if backend == "triton" else "torch").backward_rows
 
@@ -385,8 +379,8 @@ class _FusedLogprobsFunction(torch.autograd.Function):
             count = rows.stop - start
             logits = plan.logits(hidden_op[rows], weight_op, out=logits_buf[:count])
             grad_logits = _chunk_grads(
-                plan, logits, _rows_of(grad_buf, slice(0, count)), targets[rows], lse[rows], entropy[rows],
-                _rows_of(grad_logp, rows), _rows_of(grad_entropy, rows), inv_temperature, normalized=False,
+                plan, logits, rows_of(grad_buf, slice(0, count)), targets[rows], lse[rows], entropy[rows],
+                rows_of(grad_logp, rows), rows_of(grad_entropy, rows), inv_temperature, normalized=False,
             )
             if need_hidden:
                 torch.mm(grad_logits, weight_op, out=grad_hidden[rows])
@@ -399,7 +393,7 @@ class _FusedLogprobsFunction(torch.autograd.Function):
         )
 
 
-def _check_inputs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float) -> None:
+def check_inputs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float) -> None:
     """Raises a ValueError/TypeError naming the bad input, before any work starts."""
     if hidden.dim() != 2 or weight.dim() != 2:
         raise ValueError(
@@ -409,9 +403,9 @@ def _check_inputs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Ten
         raise ValueError(f"hidden size mismatch: hidden has H={hidden.shape[1]}, weight has H={weight.shape[1]}")
     if weight.shape[0] == 0:
         raise ValueError("weight has an empty vocabulary (V=0)")
-    if hidden.dtype not in SUPPORTED_DTYPES or weight.dtype != hidden.dtype:
+    if hidden.dtype not in FLOAT_DTYPES or weight.dtype != hidden.dtype:
         raise TypeError(
-            f"hidden and weight must share one dtype of {SUPPORTED_DTYPES}; got {hidden.dtype}, {weight.dtype}"
+            f"hidden and weight must share one dtype of {FLOAT_DTYPES}; got {hidden.dtype}, {weight.dtype}"
         )
     if targets.dtype != torch.int64:
         raise TypeError(f"targets must be int64 (torch.long); got {targets.dtype}")
@@ -420,9 +414,7 @@ def _check_inputs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Ten
     if not (hidden.device == weight.device == targets.device):
         devices = f"{hidden.device}, {weight.device}, {targets.device}"
         raise ValueError(f"hidden, weight, targets must share one device; got {devices}")
-    number = isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
-    if not number or not math.isfinite(temperature) or temperature <= 0:
-        raise ValueError(f"temperature must be a finite number > 0; got {temperature!r}")
+    check_number("temperature", temperature, above=0.0)
     if targets.numel():
         low, high = (int(v) for v in torch.aminmax(targets))
         if low < 0 or high >= weight.shape[0]:
@@ -444,7 +436,7 @@ def fused_logprobs(
     weight (the embedding Parameter) accumulates its gradient as usual. Extra memory stays below
     CHUNK_BUDGET_BYTES for the chunk buffers at any N (see the module docstring).
     """
-    _check_inputs(hidden, weight, targets, temperature)
+    check_inputs(hidden, weight, targets, temperature)
     backend = backend_for(hidden.device)
     if backend == "reference":
         from fastzero.kernels import reference

@@ -54,14 +54,19 @@ def policy_loss(
     kl_type: str = "k3",
     entropy: torch.Tensor | None = None,
     entropy_coef: float = 0.0,
+    loss_mode: str = "ppo",
+    rollout_logp: torch.Tensor | None = None,
+    is_correction: str = "none",
+    is_level: str = "token",
+    is_cap: float = 2.0,
     agg: str | None = None,
     norm_len: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PPO/GRPO clipped policy loss written the obvious way; autograd gives the gradients.
+    """The policy loss written the obvious way on [B, T] (a row is a sequence); autograd gives the
+    gradients, stop-gradients are .detach().
 
     loss = sum(token_weight * per-token loss); without token_weight it is
     token_weights(mask, agg or "token-mean", norm_len), the one definition of the aggregations.
-
     Computes in float64 when logp is float64 (the tests' oracle), else in float32. Arguments are
     not validated here: fastzero.kernels.policy_loss.policy_loss does that before dispatching.
     Masked positions are replaced by 0 before any math, so padding garbage (inf, NaN) cannot leak
@@ -76,16 +81,46 @@ def policy_loss(
     lp, old = clean(logp), clean(old_logp)
     adv = advantages[:, None].expand_as(logp) if advantages.dim() == 1 else advantages
     adv = clean(adv)
+    token_ratio = torch.exp(lp - old)
+    if loss_mode == "gspo":  # GSPO-token: value = the sequence ratio, gradient through each token
+        n_tokens = valid.sum(dim=1, keepdim=True).clamp(min=1)
+        seq_ratio = torch.exp((lp - old).sum(dim=1, keepdim=True) / n_tokens)
+        ratio = seq_ratio.detach() * torch.exp(lp - lp.detach())
+    else:
+        ratio = token_ratio
 
-    ratio = torch.exp(lp - old)
-    loss_unclipped = -adv * ratio
-    loss_clipped = -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
-    pg = torch.maximum(loss_unclipped, loss_clipped)
-    clipped = loss_clipped > loss_unclipped
-    if dual_clip is not None:
-        dual_bound = -adv * dual_clip
-        dual_clipped = (adv < 0) & (pg > dual_bound)
-        pg = torch.where(adv < 0, torch.minimum(pg, dual_bound), pg)
+    if loss_mode == "cispo":  # REINFORCE with a clipped, stop-gradient importance weight
+        weight = ratio.clamp(1.0 - clip_low, 1.0 + clip_high).detach()
+        clipped = weight != ratio.detach()
+        dual_clipped = torch.zeros_like(clipped)
+        if dual_clip is not None:
+            dual_clipped = (adv < 0) & (weight > dual_clip)
+            weight = torch.where(dual_clipped, dual_clip, weight)
+        pg = -weight * adv * lp
+    else:
+        loss_unclipped = -adv * ratio
+        loss_clipped = -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+        pg = torch.maximum(loss_unclipped, loss_clipped)
+        clipped = loss_clipped > loss_unclipped
+        if dual_clip is not None:
+            dual_bound = -adv * dual_clip
+            dual_clipped = (adv < 0) & (pg > dual_bound)
+            pg = torch.where(adv < 0, torch.minimum(pg, dual_bound), pg)
+
+    stats = {}
+    if rollout_logp is not None:  # rollout/training mismatch: l = log pi_old - log pi_rollout
+        log_rho = old - clean(rollout_logp)
+        stats["mismatch_kl"] = _valid_mean(torch.exp(log_rho) - 1.0 - log_rho, valid)
+        if is_level == "sequence":
+            log_rho = log_rho.sum(dim=1, keepdim=True).expand_as(log_rho)
+        rho, cap = torch.exp(log_rho), float(is_cap)
+        if is_correction == "tis":
+            stats["is_truncated_frac"] = _valid_mean((rho > cap).to(compute), valid)
+            pg = pg * rho.clamp(max=cap)
+        elif is_correction == "mis":
+            kept = (rho >= 1.0 / cap) & (rho <= cap)
+            stats["is_masked_frac"] = _valid_mean((~kept).to(compute), valid)
+            pg = pg * torch.where(kept, rho, 0.0)
     token_loss = pg
 
     kl_ref = None
@@ -104,23 +139,24 @@ def policy_loss(
     if token_weight is None:
         token_weight = token_weights(mask, agg or "token-mean", norm_len)
     loss = (clean(token_weight) * token_loss).sum()
-    n_valid = valid.sum().to(compute)
-
-    def valid_mean(x: torch.Tensor) -> torch.Tensor:
-        return (torch.where(valid, x.to(compute), 0.0).sum() / n_valid.clamp(min=1.0)).detach()
 
     stats = {
-        "clip_frac": valid_mean(clipped & valid),
+        "clip_frac": _valid_mean(clipped.to(compute), valid),
         # k3 estimate of KL(pi_old || pi) from tokens sampled by pi_old: (r - 1) - log r.
-        "approx_kl_old": valid_mean((ratio - 1.0) - (lp - old)),
-    }
+        "approx_kl_old": _valid_mean((token_ratio - 1.0) - (lp - old), valid),
+    } | stats
     if dual_clip is not None:
-        stats["dual_clip_frac"] = valid_mean(dual_clipped & valid)
+        stats["dual_clip_frac"] = _valid_mean(dual_clipped.to(compute), valid)
     if kl_ref is not None:
-        stats["kl_ref"] = valid_mean(kl_ref)
+        stats["kl_ref"] = _valid_mean(kl_ref, valid)
     if entropy is not None:
-        stats["entropy"] = valid_mean(clean(entropy))
+        stats["entropy"] = _valid_mean(clean(entropy), valid)
     return loss, stats
+
+
+def _valid_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean of x over the valid positions (0 when there are none), detached."""
+    return (torch.where(valid, x, 0.0).sum() / valid.sum().clamp(min=1)).detach()
 
 
 # ---- advantages (kernels/advantage.py) ------------------------------------------------------------
