@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from fastzero.kernels import IS_CORRECTIONS, IS_LEVELS, LOSS_MODES
 from fastzero.kernels.aggregation import AGGREGATIONS
 from fastzero.kernels.policy_loss import KL_TYPES
 
@@ -112,6 +113,13 @@ class AlgorithmConfig:
     fused_loss: bool = opt(True, "policy loss straight from hidden states in one pass over the vocabulary "
                                  "(false: log-probs, then the loss; the same numbers, more work)")
     loss_agg: str = opt("token-mean", "loss aggregation", AGGREGATIONS)
+    loss_mode: str = opt("ppo", "policy loss: ppo = token-ratio clip, gspo = sequence-ratio clip (geometric mean "
+                                "of token ratios), cispo = clipped stop-gradient IS weight on a REINFORCE term", LOSS_MODES)
+    is_correction: str = opt("none", "rollout/training mismatch correction from the sampler's log-probs: "
+                                     "tis = truncated IS weight min(ratio, cap), mis = drop where ratio leaves [1/cap, cap]",
+                             IS_CORRECTIONS)
+    is_level: str = opt("token", "mismatch ratio per token, or per sequence (product of its token ratios)", IS_LEVELS)
+    is_cap: float = opt(2.0, "the mismatch correction's cap C (>= 1)")
     gamma: float = opt(1.0, "GAE discount (ppo, reinforce_pp)")
     lam: float = opt(1.0, "GAE lambda (ppo)")
     value_clip: float = opt(0.5, "PPO value-function clip range")
@@ -246,6 +254,24 @@ _GRPO_VARIANT = dict(  # the same task with GRPO: groups instead of a critic, KL
     kl_in_reward=False, kl_coef=0.001, entropy_coef=0.0,
 )
 
+# DAPO (Yu et al. 2025, arXiv:2503.14476, section 4 and veRL's recipe/dapo): clip-higher 0.2/0.28,
+# no KL term, token-level loss, 16 samples per prompt, 16 gradient updates per rollout step, lr 1e-6
+# with 10 warm-up steps, dynamic sampling (veRL's max_num_gen_batches = 10 rounds), the soft
+# overlong penalty over the last 20% of the length cap (4096 of 20480) with factor 1.0. The prompt
+# count is the -grpo variant's (the paper's 512 prompts are for a 32B model on 17k-token answers).
+_DAPO_VARIANT = dict(
+    algorithm="grpo", samples_per_prompt=16, prompts_per_step=64, mini_batch_size=64, clip_low=0.2,
+    clip_high=0.28, kl_coef=0.0, kl_in_reward=False, entropy_coef=0.0, loss_agg="token-mean", lr=1e-6,
+    warmup_steps=10, dynamic_sampling=True, max_sampling_rounds=10, overlong_buffer=205, overlong_penalty=1.0,
+)
+# GSPO (Zheng et al. 2025, arXiv:2507.18071, section 5.1): sequence-level ratio clipped at
+# 3e-4 / 4e-4, no KL term, each rollout batch split into 4 mini-batches; sequence-mean loss.
+_GSPO_VARIANT = dict(
+    algorithm="grpo", loss_mode="gspo", samples_per_prompt=8, prompts_per_step=64, mini_batch_size=128,
+    clip_low=3e-4, clip_high=4e-4, kl_coef=0.0, kl_in_reward=False, entropy_coef=0.0,
+    loss_agg="seq-mean-token-mean",
+)
+
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny-cpu": {},  # the dataclass defaults
     "qwen2.5-0.5b": {**_TINYZERO_PPO},
@@ -254,6 +280,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 for _name in ("qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b"):
     PRESETS[_name + "-grpo"] = {**PRESETS[_name], **_GRPO_VARIANT}
+    PRESETS[_name + "-dapo"] = {**PRESETS[_name], **_DAPO_VARIANT}
+    PRESETS[_name + "-gspo"] = {**PRESETS[_name], **_GSPO_VARIANT}
 
 
 def from_preset(name: str) -> Config:
@@ -375,6 +403,7 @@ def validate_extensions(config: Config, need) -> None:
         need(not {"lm_head", "embed_tokens"} & set(targets), "lora_targets",
              "lm_head and embed_tokens cannot carry adapters (the fused loss reads the LM-head weight directly)")
     need(m.lora_rank > 0 or not m.lora_save_merged, "lora_save_merged", "needs --lora-rank > 0")
+    need(config.algorithm.is_cap >= 1, "is_cap", "must be >= 1")
     need(r.max_sampling_rounds >= 1, "max_sampling_rounds", "must be >= 1")
     if r.dynamic_sampling:
         need(r.samples_per_prompt >= 2, "dynamic_sampling", "needs --samples-per-prompt >= 2 (it drops groups)")

@@ -216,20 +216,27 @@ class Trainer:
         temperature = self.cfg.rollout.temperature
         kl_coef = a.kl_coef if ref_logp is not None else 0.0
         options = dict(clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip, kl_coef=kl_coef,
-                       kl_type=a.kl_type, entropy_coef=a.entropy_coef)
+                       kl_type=a.kl_type, entropy_coef=a.entropy_coef, loss_mode=a.loss_mode,
+                       is_correction=a.is_correction, is_level=a.is_level, is_cap=a.is_cap)
+        rollout = mb.rollout_logprobs  # the sampler's: mismatch KL always, IS correction when asked
+        if a.is_correction != "none" and rollout is None:
+            raise ValueError(f"--is-correction {a.is_correction}: the rollout engine returned no log-probs")
         if a.fused_loss:
             resp = response_tokens(policy, mb.input_ids, mb.attention_mask, mb.response_mask)
+            per_sequence = a.loss_mode == "gspo" or (a.is_correction != "none" and a.is_level == "sequence")
             return fused_linear_policy_loss(
                 resp.hidden, lm_head_weight(policy), resp.targets, resp.gather(old_logp),
                 resp.gather(advantages), resp.gather(token_weight),
                 ref_logp=resp.gather(ref_logp) if ref_logp is not None else None,
+                rollout_logp=resp.gather(rollout) if rollout is not None else None,
+                seq_index=resp.flat_positions // mb.input_ids.shape[1] if per_sequence else None,
                 temperature=temperature, **options)
         use_entropy = a.entropy_coef > 0
         out = sequence_logprobs(policy, mb.input_ids, mb.attention_mask, mb.response_mask,
                                 temperature=temperature, return_entropy=use_entropy)
         logp, entropy = out if use_entropy else (out, None)
         return policy_loss(logp, old_logp, advantages, mb.response_mask, ref_logp=ref_logp, entropy=entropy,
-                           token_weight=token_weight, **options)
+                           rollout_logp=rollout, token_weight=token_weight, **options)
 
     # ---- evaluation ------------------------------------------------------------------------------
     @torch.no_grad()
