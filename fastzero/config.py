@@ -24,6 +24,9 @@ from .model import ATTN_IMPLEMENTATIONS, DEVICES, DTYPES
 from .rollout import ENGINE_KINDS
 from .tasks.countdown.problems import MAX_NUMBERS
 from .tasks.countdown.prompts import TEMPLATES
+from .tasks.registry import BUILTIN_TASKS, DEFAULT_TASK, check_task_name
+from .tasks.sandbox import SandboxOptions
+from .tasks.spec import check_spec
 
 EMBEDDED_MODEL = "embedded:tiny-countdown"  # the tiny Qwen2 shipped in fastzero/assets/
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
@@ -58,7 +61,10 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train_path: str | None = opt(None, "training problems (.parquet/.jsonl, ours or TinyZero's); none = generate")
+    task: str = opt(DEFAULT_TASK, f"the task: {', '.join(BUILTIN_TASKS)}, or module.path:factory for your own "
+                                  "(docs/tasks.md)")
+    train_path: str | None = opt(None, "training problems (.parquet/.jsonl: Countdown ours or TinyZero's; "
+                                       "arithmetic GSM8K's); none = generate")
     test_path: str | None = opt(None, "held-out problems for evaluation; none = generate")
     num_train: int = opt(8000, "problems to generate when train_path is not given")
     num_test: int = opt(500, "held-out problems (generated, or the first N loaded); disjoint from train")
@@ -67,10 +73,11 @@ class DataConfig:
     min_value: int = opt(1, "smallest number in a generated problem")
     max_value: int = opt(20, "largest number in a generated problem")
     min_target: int = opt(1, "smallest generated target")
-    max_target: int = opt(50, "largest generated target")
+    max_target: int = opt(50, "largest generated target (arithmetic: the largest answer and intermediate count)")
     data_seed: int = opt(1000, "seed of problem generation: the held-out split is generate_problems(num_test, seed=data_seed), "
                                 "the training problems use data_seed + 1 and exclude it (1000 = the split the tiny model never saw)")
-    template: str = opt("compact", "prompt template", TEMPLATES)
+    template: str = opt("compact", f"prompt template (built-in tasks: {' / '.join(TEMPLATES)}; "
+                                   "a task of your own names its own)")
     max_prompt_tokens: int = opt(256, "longest prompt in tokens; longer prompts are an error")
     skip_bad_rows: bool = opt(False, "skip (and count) malformed rows in data files instead of failing")
 
@@ -158,9 +165,22 @@ class RunConfig:
     max_device_hours: float | None = opt(None, "stop with a checkpoint before the run's device-hours pass this")
 
 
+@dataclass
+class RewardConfig:
+    reward: str | None = opt(None, "your reward, module.path:function, run in sandboxed worker processes "
+                                   "instead of the task's scorer (docs/tasks.md)")
+    reward_per_sample: bool = opt(False, "call it as f(response, problem) -> float, not f(responses, problems) -> list")
+    reward_timeout: float = opt(10.0, "seconds (wall and CPU) one call of the reward may take: one sample, or "
+                                      "one worker's share of the batch")
+    reward_memory_mb: int = opt(1024, "memory a reward worker may allocate beyond its loaded module (0 = no limit)")
+    reward_workers: int = opt(0, "reward worker processes (0 = the usable cores, at most 16)")
+    reward_fallback: float = opt(0.0, "reward of a sample whose reward timed out, raised or was not a finite number")
+    reward_stall_seconds: float = opt(120.0, "stop the run (with a checkpoint) when no reward finishes for this long")
+
+
 SECTIONS = {
     "model": ModelConfig, "data": DataConfig, "rollout": RolloutConfig,
-    "algorithm": AlgorithmConfig, "optimizer": OptimizerConfig, "run": RunConfig,
+    "algorithm": AlgorithmConfig, "optimizer": OptimizerConfig, "run": RunConfig, "reward": RewardConfig,
 }
 
 
@@ -172,6 +192,7 @@ class Config:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """By section and option name: what config.json holds and load_config_file reads back."""
@@ -390,6 +411,26 @@ def validate(config: Config) -> None:
         need(a.estimator in TOKEN_METHODS, "kl_in_reward",
              f"a per-token KL reward needs a token-level estimator (--algorithm {' or '.join(TOKEN_METHODS)})")
     need(not (r.engine == "sglang" and run.device == "cpu"), "rollout", "sglang needs --device cuda")
+    validate_task(config)
+
+
+def validate_task(config: Config) -> None:
+    """The task and reward options: names of the right shape (nothing is imported yet), sandbox limits."""
+    d = config.data
+    check_task_name(d.task)
+    if d.task in BUILTIN_TASKS and d.template not in TEMPLATES:
+        raise ValueError(f"--template: {d.template!r} is not one of {', '.join(TEMPLATES)}")
+    if d.task == "arithmetic" and d.max_target < d.max_value:
+        raise ValueError("--max-target: the arithmetic task's largest answer must be >= --max-value")
+    if config.reward.reward is not None:
+        check_spec(config.reward.reward, "--reward")
+    sandbox_options(config.reward)  # raises naming the option at fault
+
+
+def sandbox_options(reward: RewardConfig) -> SandboxOptions:
+    return SandboxOptions(timeout=reward.reward_timeout, memory_mb=reward.reward_memory_mb,
+                          workers=reward.reward_workers, fallback=reward.reward_fallback,
+                          per_sample=reward.reward_per_sample, stall_seconds=reward.reward_stall_seconds)
 
 
 def validate_extensions(config: Config, need) -> None:

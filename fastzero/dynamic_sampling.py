@@ -45,7 +45,8 @@ def select_groups(episodes: Episodes, groups: list[int], group_size: int) -> Epi
     return Episodes(problems=pick(episodes.problems), prompt_ids=pick(episodes.prompt_ids),
                     response_ids=pick(episodes.response_ids),
                     sampler_logprobs=pick(episodes.sampler_logprobs) if episodes.sampler_logprobs is not None else None,
-                    finish_reasons=pick(episodes.finish_reasons), texts=pick(episodes.texts), scores=pick(episodes.scores))
+                    finish_reasons=pick(episodes.finish_reasons), texts=pick(episodes.texts), scores=pick(episodes.scores),
+                    reward_failures=dict(episodes.reward_failures))  # counts over the whole round
 
 
 def concat_episodes(parts: list[Episodes]) -> Episodes:
@@ -57,7 +58,15 @@ def concat_episodes(parts: list[Episodes]) -> Episodes:
     join = lambda name: [x for p in parts for x in getattr(p, name)]  # noqa: E731
     return Episodes(problems=join("problems"), prompt_ids=join("prompt_ids"), response_ids=join("response_ids"),
                     sampler_logprobs=logprobs, finish_reasons=join("finish_reasons"), texts=join("texts"),
-                    scores=join("scores"))
+                    scores=join("scores"), reward_failures=_summed([p.reward_failures for p in parts]))
+
+
+def _summed(counts: list[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for part in counts:
+        for key, value in part.items():
+            total[key] = total.get(key, 0) + value
+    return total
 
 
 @dataclass

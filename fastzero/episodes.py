@@ -5,18 +5,20 @@ through `sample_episodes`, so they decode and score responses the same way. What
 reports beyond the tokens travels on with them: the sampler's per-token log-probs (for
 rollout/trainer mismatch corrections) and each response's finish reason ("stop" or "length").
 
-Scoring is a parameter, `Scorer = (texts, problems) -> rewards`: a task plugs in here.
-`countdown_scorer` is Countdown's (the C++ verifier).
+Scoring is a parameter, `Scorer = (texts, problems) -> rewards`: a task plugs in here
+(`fastzero.tasks.scoring.TaskScorer`: the task's own scorer or a sandboxed user reward, which also
+reports how many samples timed out or failed). `countdown_scorer` is Countdown's (the C++ verifier).
 """
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Sequence
 
 from .rollout.base import RolloutEngine, SamplingParams
+from .tasks.scoring import Scores
 
-Scorer = Callable[[list[str], list[Any]], list[float]]
+Scorer = Callable[[list[str], list[Any]], "list[float] | Scores"]
 Decoder = Callable[[list[list[int]]], list[str]]
 
 
@@ -31,6 +33,7 @@ class Episodes:
     finish_reasons: list[str]  # "stop" | "length"
     texts: list[str]  # what the scorer saw (the stop token dropped)
     scores: list[float]
+    reward_failures: dict[str, int] = field(default_factory=dict)  # reward/timeouts, reward/errors (sandbox only)
 
     def __len__(self) -> int:
         return len(self.response_ids)
@@ -49,11 +52,18 @@ def sample_episodes(engine: RolloutEngine, prompts: Sequence[list[int]], problem
         responses = [c.response_ids for c in completions]
         texts = decode(responses)
         flat_problems = [problems[i] for i in owners]
-        scores = list(scorer(texts, flat_problems))
+        scored = scorer(texts, flat_problems)
+    failures = {}
+    if isinstance(scored, Scores):
+        if scored.counted:
+            failures = {"reward/timeouts": scored.timeouts, "reward/errors": scored.errors}
+        scored = scored.rewards
+    scores = list(scored)
     logprobs = [c.logprobs for c in completions]
     return Episodes(problems=flat_problems, prompt_ids=[prompts[i] for i in owners], response_ids=responses,
                     sampler_logprobs=None if any(lp is None for lp in logprobs) else logprobs,
-                    finish_reasons=[c.finish_reason for c in completions], texts=texts, scores=scores)
+                    finish_reasons=[c.finish_reason for c in completions], texts=texts, scores=scores,
+                    reward_failures=failures)
 
 
 def trim_stop(responses: list[list[int]], stop_ids: Sequence[int]) -> list[list[int]]:
@@ -63,10 +73,7 @@ def trim_stop(responses: list[list[int]], stop_ids: Sequence[int]) -> list[list[
 
 
 def countdown_scorer(*, format_score: float, correct_score: float) -> Scorer:
-    """Countdown's reward (fastzero.tasks.countdown.verifier.score_batch) as a Scorer."""
-    from .tasks.countdown.verifier import score_batch
+    """Countdown's reward (the C++ verifier, through fastzero.tasks.countdown.task) as a Scorer."""
+    from .tasks.countdown.task import CountdownTask
 
-    def score(texts: list[str], problems: list[Any]) -> list[float]:
-        return score_batch(texts, [p.numbers for p in problems], [p.target for p in problems],
-                           format_score=format_score, correct_score=correct_score)
-    return score
+    return CountdownTask(format_score=format_score, correct_score=correct_score).score_batch

@@ -27,7 +27,7 @@ class Reporter:
         if count:
             scores = torch.tensor(episodes.scores[:count]).tolist()  # float32, as the step sees them
             self.run.metrics.log_samples(step, [
-                {"numbers": list(p.numbers), "target": p.target, "response": t, "reward": float(s)}
+                {**self.run.task.to_json(p), "response": t, "reward": float(s)}
                 for p, t, s in zip(episodes.problems[:count], episodes.texts[:count], scores)])
 
     def evaluation(self, when: str, result: dict[str, float]) -> None:

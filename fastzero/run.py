@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from .atomic import atomic_write_text
-from .config import Config, resolve_model_path
-from .data import TaskData
-from .episodes import Scorer, countdown_scorer, trim_stop
+from .config import Config, resolve_model_path, sandbox_options
+from .data import TaskData, make_task
+from .episodes import trim_stop
 from .loggers import make_sinks
 from .lora import LoraAdapters, add_adapters
 from .metrics import MetricsLog
@@ -32,6 +32,7 @@ from .optim import Optimizers
 from .rollout import RolloutEngine, make_engine, resolve_engine_kind
 from .state import TrainState
 from .tasks.countdown.verifier import default_threads
+from .tasks.scoring import TaskScorer
 
 
 @dataclass
@@ -65,6 +66,11 @@ class Run:
         backends = choose_backends(self.device, cfg.model.dtype, cfg.model.attn_implementation)
         random.seed(cfg.run.seed)
         torch.manual_seed(cfg.run.seed)
+        # The task and its scorer first: a bad --task or --reward fails before any model loads.
+        self.task = make_task(cfg)
+        reward = cfg.reward.reward
+        self.scorer = TaskScorer(self.task, reward=reward, sandbox=sandbox_options(cfg.reward), log=log,
+                                 correct_reward=cfg.algorithm.correct_score if reward else None)
 
         from transformers import AutoTokenizer
 
@@ -86,9 +92,7 @@ class Run:
         self.optimizers = Optimizers(cfg.optimizer, policy, critic)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.stop_ids = tuple(sorted(_stop_ids(policy, self.tokenizer)))
-        self.data = TaskData(cfg.data, self.tokenizer, seed=cfg.run.seed, log=log)
-        self.scorer: Scorer = countdown_scorer(format_score=cfg.algorithm.format_score,
-                                               correct_score=cfg.algorithm.correct_score)
+        self.data = TaskData(cfg.data, self.tokenizer, seed=cfg.run.seed, log=log, task=self.task)
         self.shuffle_generator = torch.Generator().manual_seed(cfg.run.seed + 17)
         self.engine = _make_engine(cfg, policy, model_path, backends.dtype, self.stop_ids, self.pad_id)
         self.state = TrainState()
@@ -111,6 +115,12 @@ class Run:
         """Response text for the scorer: the stop token is dropped, special tokens like <answer> kept."""
         return self.tokenizer.batch_decode(trim_stop(responses, self.stop_ids), skip_special_tokens=False,
                                            clean_up_tokenization_spaces=False)
+
+    def close(self) -> None:
+        """Stop what runs beside the trainer: the reward sandbox's workers and the rollout engine."""
+        self.scorer.close()
+        self.engine.shutdown()
+        self.metrics.close()  # --report-to sinks flush and close
 
     def wall_seconds(self) -> float:
         """Wall time of the whole run, across resumes."""

@@ -17,7 +17,8 @@ import time
 from . import config as C
 
 _SECTION_TITLES = {"model": "model", "data": "data", "rollout": "rollout", "algorithm": "algorithm",
-                   "optimizer": "optimizer", "run": "run, logging and checkpoints"}
+                   "optimizer": "optimizer", "run": "run, logging and checkpoints",
+                   "reward": "your own reward (sandboxed)"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     from .report import Reporter, finish_run
     from .resume import save_run
     from .run import Run
+    from .tasks.sandbox import RewardStalled
 
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     run = None
@@ -99,13 +101,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted: checkpoint saved at step {run.state.step} ({path}); "
               f"continue with --resume {output_dir}", file=sys.stderr)
         return 130
+    except RewardStalled as err:  # the step cannot finish; keep what the run has, like Ctrl-C does
+        path = save_run(run) if run is not None and run.state.step else None
+        print(f"\nerror: {err}" + (f"\ncheckpoint saved at step {run.state.step} ({path}); fix the reward, then "
+                                   f"--resume {output_dir}" if path else ""), file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:
         if run is not None:
-            run.engine.shutdown()
-            run.metrics.close()
+            run.close()
     start, end = summary["start_accuracy"], summary["end_accuracy"]
     if start is not None and end is not None:
         print(f"held-out greedy accuracy: {100 * start:.1f}% -> {100 * end:.1f}% "

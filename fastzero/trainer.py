@@ -39,18 +39,20 @@ __all__ = ["NonFiniteError", "Trainer"]
 class Trainer:
     def __init__(self, config: Config, *, models, optimizers: Optimizers, engine: RolloutEngine, data: TaskData,
                  decode: Decoder, scorer: Scorer, state: TrainState, shuffle_generator: torch.Generator,
-                 device: torch.device, pad_id: int, stop_ids: tuple[int, ...]):
+                 device: torch.device, pad_id: int, stop_ids: tuple[int, ...], correct_reward: float | None = None):
         self.cfg, self.models, self.optimizers, self.engine = config, models, optimizers, engine
         self.data, self.decode, self.scorer, self.state = data, decode, scorer, state
         self.shuffle_generator, self.device, self.pad_id, self.stop_ids = shuffle_generator, device, pad_id, stop_ids
         self.timer = PhaseTimer(state.phase_seconds)
+        # Accuracy counts rewards >= this: the task's (or --correct-score for a user reward).
+        self.correct_reward = config.algorithm.correct_score if correct_reward is None else correct_reward
 
     @classmethod
     def from_run(cls, run) -> "Trainer":
         return cls(run.config, models=run.models, optimizers=run.optimizers, engine=run.engine, data=run.data,
                    decode=run.decode_responses, scorer=run.scorer, state=run.state,
                    shuffle_generator=run.shuffle_generator, device=run.device, pad_id=run.pad_id,
-                   stop_ids=run.stop_ids)
+                   stop_ids=run.stop_ids, correct_reward=run.scorer.correct_reward)
 
     # ---- one RL step -----------------------------------------------------------------------------
     def step(self, step: int) -> tuple[dict[str, float], Episodes]:
@@ -85,13 +87,14 @@ class Trainer:
 
         self.state.tokens += int(batch.attention_mask.sum())
         task_scores = torch.tensor(sample.generated_scores)  # every response generated this step
-        correct = (task_scores == a.correct_score).float()
+        correct = (task_scores >= self.correct_reward).float()
         row = {
             "step": step,
             "reward/mean": float(task_scores.mean()),
             "accuracy/train": float(correct.mean()),
             "response/length": generated / max(1, len(episodes)),
             "groups/zero_variance": _zero_variance_share(task_scores, r.samples_per_prompt),
+            **episodes.reward_failures,
             **sample.stats,
             **stats,
         }
@@ -248,13 +251,14 @@ class Trainer:
                                     stop_token_ids=self.stop_ids)
             episodes = sample_episodes(self.engine, [self.data.prompt_ids(p) for p in problems], problems, params,
                                        decode=self.decode, scorer=self.scorer)
-        return held_out_result(episodes.scores, self.cfg.algorithm.correct_score)
+        failures = {"eval/" + name.replace("/", "_"): count for name, count in episodes.reward_failures.items()}
+        return {**held_out_result(episodes.scores, self.correct_reward), **failures}
 
 
-def held_out_result(scores: list[float], correct_score: float) -> dict[str, Any]:
-    """eval/accuracy (share of exactly correct answers), eval/mean_reward and eval/n."""
+def held_out_result(scores: list[float], correct_reward: float) -> dict[str, Any]:
+    """eval/accuracy (share of correct answers: reward >= correct_reward), eval/mean_reward and eval/n."""
     n = max(1, len(scores))
-    return {"eval/accuracy": sum(s == correct_score for s in scores) / n,
+    return {"eval/accuracy": sum(s >= correct_reward for s in scores) / n,
             "eval/mean_reward": sum(scores) / n, "eval/n": len(scores)}
 
 

@@ -15,11 +15,9 @@ Why this split: the matmuls are >99% of the FLOPs and cuBLAS runs them near peak
 only stream the fp32 chunk (memory-bound, one read in the forward, one read + one write in the
 backward). Recomputing the logits costs 2NHV but saves holding N x V (Liger's fused linear cross
 entropy makes the same trade). A fully fused Triton matmul + softmax was not attempted: it must beat
-cuBLAS on the matmul to win. Measured so far only on CPU (bench/RESULTS.md, a loaded 2-core box):
-the chunked PyTorch path holds 2-12x less memory than the materialized reference at 0.3-1.2x its
-speed (the recompute costs 8NHV vs 6NHV FLOPs); GPU timings: not measured yet.
+cuBLAS on the matmul to win. Measured timings and memory: bench/RESULTS.md.
 
-Memory bound (tested in tests/test_logprob.py): apart from the inputs, outputs, saved [N] vectors,
+Memory bound (tested in tests/kernels/test_logprob.py): apart from the inputs, outputs, saved [N] vectors,
 grad_hidden [N, H] and one fp32 grad_weight accumulator [V, H], the largest temporaries are the
 per-chunk buffers, sized so that rows * V * bytes_per_logit <= CHUNK_BUDGET_BYTES (256 MiB), at
 least one row: the bound never grows with N. bytes_per_logit counts every [rows, V] buffer a path

@@ -43,11 +43,13 @@ import numpy as np
 
 from fastzero.atomic import atomic_file
 
+from ..base import LoadReport
+from ..rows import FILE_SUFFIXES, read_file
+
 log = logging.getLogger(__name__)
 
 MAX_NUMBERS = 6  # the C++ solver is exhaustive up to this many numbers
 MAX_VALUE = 10**9  # numbers and targets; the solver's exact rationals stay below 2**62
-FILE_SUFFIXES = (".jsonl", ".parquet")
 Key = tuple[tuple[int, ...], int]
 
 
@@ -316,14 +318,6 @@ def train_test_split(
 # Loading and saving
 
 
-@dataclasses.dataclass
-class LoadReport:
-    """What `read_problems` found: the good problems, and for each skipped row why."""
-
-    problems: list[Problem]
-    skipped: list[str] = dataclasses.field(default_factory=list)
-
-
 def _problem_from_row(row: Any) -> Problem:
     """Accept our layout, TinyZero's prepared layout, or its raw Countdown-Tasks-3to4 layout."""
     if not isinstance(row, dict):
@@ -349,55 +343,9 @@ def _problem_from_row(row: Any) -> Problem:
     return Problem(tuple(nums), fields["target"])
 
 
-def _jsonl_rows(path: Path) -> Iterable[tuple[str, Any]]:
-    with open(path, "rb") as f:  # bytes, so one line of bad UTF-8 is one bad row, not a crash
-        for lineno, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue  # blank lines (a trailing newline, a hand-edited file) are not rows
-            try:
-                yield f"line {lineno}", json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as e:
-                yield f"line {lineno}", ValueError(f"not UTF-8 text: {e.reason}")
-            except json.JSONDecodeError as e:
-                yield f"line {lineno}", ValueError(f"invalid JSON: {e.msg}")
-
-
-def _parquet_rows(path: Path) -> Iterable[tuple[str, Any]]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        names = pq.read_schema(path).names
-        wanted = [c for c in ("numbers", "nums", "target", "reward_model") if c in names]
-        if not wanted:
-            raise ValueError(f"{path}: no numbers/nums/target/reward_model column (found {names})")
-        rows = pq.read_table(path, columns=wanted).to_pylist()
-    except pa.ArrowException as e:
-        raise ValueError(f"{path}: not a readable parquet file: {e}") from None
-    for i, row in enumerate(rows):
-        yield f"row {i}", row
-
-
 def read_problems(path: str | os.PathLike, *, skip_bad: bool = False) -> LoadReport:
     """Problems from a .jsonl or .parquet file, with a report of the rows skipped (if `skip_bad`)."""
-    path = Path(path)
-    if path.suffix not in FILE_SUFFIXES:
-        raise ValueError(f"{path}: unknown file type {path.suffix!r}; use one of {', '.join(FILE_SUFFIXES)}")
-    if not path.is_file():
-        raise FileNotFoundError(f"no problem file at {path}")
-    rows = _jsonl_rows(path) if path.suffix == ".jsonl" else _parquet_rows(path)
-    report = LoadReport(problems=[])
-    for where, row in rows:
-        try:
-            if isinstance(row, Exception):
-                raise row
-            report.problems.append(_problem_from_row(row))
-        except ValueError as e:
-            message = f"{path}: {where}: {e}"
-            if not skip_bad:
-                raise ValueError(message) from None
-            report.skipped.append(message)
-    return report
+    return read_file(path, ("numbers", "nums", "target", "reward_model"), _problem_from_row, skip_bad=skip_bad)
 
 
 def load_problems(path: str | os.PathLike, *, skip_bad: bool = False) -> list[Problem]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from ..templates import base_prompt, chat_prompt
+
 TEMPLATES = ("base", "instruct", "compact")
 
 _REQUEST = (
@@ -19,32 +21,15 @@ _REQUEST = (
     "<think> </think> tags. And return the final answer in <answer> </answer> tags, for example "
     "<answer> (1 + 2) / 3 </answer>."
 )
-_BASE = (
-    "A conversation between User and Assistant. The user asks a question, and the Assistant solves "
-    "it. The assistant first thinks about the reasoning process in the mind and then provides the "
-    "user with the answer.\nUser: " + _REQUEST + "\nAssistant: Let me solve this step by step.\n<think>"
-)
-_SYSTEM = (
-    "You are a helpful assistant. You first thinks about the reasoning process in the mind and then "
-    "provides the user with the answer."
-)
-_ASSISTANT_PREFILL = "Let me solve this step by step.\n<think>"
 
 
 def render_prompt(template: str, numbers: Sequence[int], target: int, tokenizer: Any = None) -> str:
     """The prompt text for one problem. `tokenizer` is needed only for `instruct` (its chat template)."""
     numbers = [int(n) for n in numbers]
     if template == "base":
-        return _BASE.format(numbers=numbers, target=int(target))
+        return base_prompt(_REQUEST.format(numbers=numbers, target=int(target)))
     if template == "compact":
         return " ".join(str(n) for n in numbers) + f"={int(target)}:"
     if template == "instruct":
-        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-            raise ValueError("template 'instruct' needs a tokenizer that has a chat template")
-        messages = [
-            {"role": "system", "content": _SYSTEM},
-            {"role": "user", "content": _REQUEST.format(numbers=numbers, target=int(target))},
-        ]
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return text + _ASSISTANT_PREFILL
+        return chat_prompt(_REQUEST.format(numbers=numbers, target=int(target)), tokenizer)
     raise ValueError(f"unknown prompt template {template!r}; choose one of {', '.join(TEMPLATES)}")
