@@ -12,7 +12,15 @@ It runs the tiny-cpu preset (the embedded model) on the CPU by default, or on a 
 
     python bench/bench_step.py                       # tiny preset on CPU
     python bench/bench_step.py --steps 3 --prompts 64 --samples 8
-Prints a table per phase with the ratio naive/ours, and one JSON line at the end.
+Prints a table per phase with the ratio naive/ours, the step's achieved FLOP/s against a fp32
+matmul rate measured in the same run (the CPU's "MFU"), and one JSON line at the end.
+
+FLOPs are the job's nominal model FLOPs, the same for both loops: 2N per token generated (prompt
+tokens included: prefill), 2N per token scored for old log-probs, 6N per token updated (forward +
+backward), for every sequence, N = the matmul weights (LM head included, embedding lookup not),
+plus attention's 4 x layers x hidden x context per token and pass. Ours skips work the naive loop
+does (one prefill per prompt, no gradient for zero-advantage groups), so its actual FLOPs are fewer:
+its "achieved" rate is the nominal job over its time, directly comparable with the naive loop's.
 """
 from __future__ import annotations
 
@@ -101,6 +109,39 @@ def naive_step(run: Run, optimizer: torch.optim.Optimizer, prompts: int, samples
     return times
 
 
+def matmul_flops_per_s(device: torch.device, size: int = 1024, repeats: int = 5) -> float:
+    """The machine's fp32 matmul rate now: the median of `repeats` [size, size] x [size, size] products."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    a @ b  # warm-up
+    rates = []
+    for _ in range(repeats):
+        _sync(device)
+        started = time.perf_counter()
+        a @ b
+        _sync(device)
+        rates.append(2 * size ** 3 / (time.perf_counter() - started))
+    return sorted(rates)[len(rates) // 2]
+
+
+def matmul_params(model) -> int:
+    """Weights that take part in a matmul per token: every 2-D weight but the input embedding (a
+    lookup); a tied LM head counts once, as the LM head."""
+    embedding = model.get_input_embeddings().weight
+    head = model.get_output_embeddings().weight
+    total = sum(p.numel() for p in model.parameters() if p.dim() == 2 and p is not embedding)
+    return total + (head.numel() if head is embedding else 0)
+
+
+def nominal_step_flops(model, prompt_len: int, response_len: float, sequences: int) -> float:
+    """The job's model FLOPs for one step (see the module docstring)."""
+    c = model.config
+    context = prompt_len + response_len
+    attention = 4 * c.num_hidden_layers * c.hidden_size * context  # scores + weighted sum, per token
+    per_token_forward = 2 * matmul_params(model) + attention
+    tokens = sequences * context
+    return tokens * per_token_forward * (1 + 1 + 3)  # generate, old log-probs, update (fwd + 2x bwd)
+
+
 def build_run(args, output_dir: str) -> Run:
     cfg = from_preset("tiny-cpu")
     for key, value in dict(prompts_per_step=args.prompts, samples_per_prompt=args.samples,
@@ -122,6 +163,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         run = build_run(args, os.path.join(tmp, "ours"))
+        matmul_rates = [matmul_flops_per_s(run.device)]  # again at the end: the ceiling is the faster one
         trainer = Trainer.from_run(run)
         initial = {k: v.clone() for k, v in run.policy.state_dict().items()}
         ours = []
@@ -148,6 +190,13 @@ def main() -> None:
     def mean(rows, key):
         return sum(r.get(key, 0.0) for r in rows) / max(1, len(rows))
 
+    peak = max(matmul_rates + [matmul_flops_per_s(run.device)])
+    sequences = args.prompts * args.samples
+    prompt_len = len(run.data.prompt_ids(run.data.test[0]))
+    # tokens per step = prompt + response tokens of every sequence (the same job for both loops)
+    response_len = mean(ours, "tokens") / sequences - prompt_len
+    flops = nominal_step_flops(run.policy, prompt_len, response_len, sequences)
+
     print(f"one GRPO step, tiny-cpu preset, {args.prompts} prompts x {args.samples} samples, "
           f"device {run.device}, {torch.get_num_threads()} threads, {platform.machine()}, mean of {args.steps} steps")
     print(f"{'phase':<10}{'ours s':>10}{'naive s':>10}{'naive/ours':>12}")
@@ -159,9 +208,17 @@ def main() -> None:
     tok_ours = mean(ours, "tokens") / max(1e-9, mean(ours, "total"))
     tok_naive = mean(naive, "tokens") / max(1e-9, mean(naive, "total"))
     print(f"{'tokens/s':<10}{tok_ours:>10.0f}{tok_naive:>10.0f}{tok_ours / max(1e-9, tok_naive):>12.2f}  (ours/naive)")
+    achieved = {"ours": flops / mean(ours, "total"), "naive": flops / mean(naive, "total")}
+    print(f"{'GFLOP/s':<10}{achieved['ours'] / 1e9:>10.2f}{achieved['naive'] / 1e9:>10.2f}"
+          f"{achieved['ours'] / achieved['naive']:>12.2f}  (nominal {flops / 1e9:.1f} GFLOP per step)")
+    print(f"{'% matmul':<10}{100 * achieved['ours'] / peak:>9.1f}%{100 * achieved['naive'] / peak:>9.1f}%"
+          f"{'':>12}  (fp32 1024^3 matmul, best of start/end of this run: {peak / 1e9:.1f} GFLOP/s on {torch.get_num_threads()} threads)")
     print(json.dumps({"bench": "step", "preset": "tiny-cpu", "device": str(run.device), "prompts": args.prompts,
                       "samples": args.samples, "phases": result, "tokens_per_s": {"ours": round(tok_ours),
-                                                                                   "naive": round(tok_naive)}}))
+                                                                                   "naive": round(tok_naive)},
+                      "nominal_gflop_per_step": round(flops / 1e9, 3), "matmul_gflop_s": round(peak / 1e9, 2),
+                      "achieved_gflop_s": {k: round(v / 1e9, 3) for k, v in achieved.items()},
+                      "pct_of_matmul": {k: round(100 * v / peak, 2) for k, v in achieved.items()}}))
 
 
 if __name__ == "__main__":

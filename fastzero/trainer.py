@@ -76,14 +76,12 @@ class Trainer:
             a.estimator, scores.to(self.device), batch.response_mask, group_size=r.samples_per_prompt,
             gamma=a.gamma, lam=a.lam, values=old_values, kl=kl, kl_coef=a.kl_coef if a.kl_in_reward else 0.0)
 
-        with self.timer.phase("update"):
-            self.engine.release_memory()
-            try:
+        try:
+            with self.timer.phase("update"), self.engine.memory_released():
                 stats = self.update(batch, old_logp, ref_logp, advantages, old_values, returns, carries_gradient)
-            finally:  # a skipped (non-finite) step must leave the engine able to generate
-                self.engine.resume_memory()
-        with self.timer.phase("sync"):
-            self.engine.update_weights(self.models.weights_for(self.engine))
+        finally:  # also after a skipped (non-finite) step: a resumed SGLang engine needs its weights back
+            with self.timer.phase("sync"):
+                self.engine.update_weights(self.models.weights_for(self.engine))  # LoRA: merged for SGLang
 
         self.state.tokens += int(batch.attention_mask.sum())
         task_scores = torch.tensor(sample.generated_scores)  # every response generated this step

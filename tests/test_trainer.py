@@ -124,8 +124,17 @@ class _Recording:
         self.calls.append("resume")
         self.engine.resume_memory()
 
+    def memory_released(self, weights=None):
+        from fastzero.rollout.base import memory_released
 
-def test_a_non_finite_step_still_gives_the_engine_its_memory_back(grpo_run, monkeypatch):
+        return memory_released(self, weights)
+
+    def update_weights(self, source):
+        self.calls.append("update_weights")
+        self.engine.update_weights(source)
+
+
+def test_a_non_finite_step_still_gives_the_engine_its_memory_and_weights_back(grpo_run, monkeypatch):
     import fastzero.trainer as trainer_module
     from fastzero.optim import NonFiniteError
 
@@ -144,4 +153,4 @@ def test_a_non_finite_step_still_gives_the_engine_its_memory_back(grpo_run, monk
     run.config.algorithm.fused_loss = True
     with pytest.raises(NonFiniteError, match="loss"):
         trainer.step(1)
-    assert engine.calls == ["release", "resume"]
+    assert engine.calls == ["release", "resume", "update_weights"]  # SGLang needs its weights back

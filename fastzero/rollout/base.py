@@ -12,8 +12,9 @@ two engines must agree on.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Any, Literal, Protocol, Sequence, runtime_checkable
+from typing import Any, Iterator, Literal, Protocol, Sequence, runtime_checkable
 
 FinishReason = Literal["stop", "length"]
 
@@ -84,7 +85,30 @@ class RolloutEngine(Protocol):
 
     def resume_memory(self) -> None: ...
 
+    def memory_released(self, weights: Any = None) -> contextlib.AbstractContextManager[None]:
+        """`with engine.memory_released(weights=policy): train()`: see the module-level memory_released."""
+        ...
+
     def shutdown(self) -> None: ...
+
+
+@contextlib.contextmanager
+def memory_released(engine: Any, weights: Any = None) -> Iterator[None]:
+    """Give the engine's memory to the trainer for the block; take it back however the block ends.
+
+    On ANY exit (normal, or an exception such as a non-finite loss that skips the step) the engine
+    resumes, and then, when `weights` is given (the trainer's policy module, or (name, tensor) pairs),
+    reloads them: a resumed SGLang engine holds garbage weights and refuses to generate until they
+    are reloaded, so without this a skipped step would break the next rollout. The exception, if
+    any, propagates after that. A failed release leaves nothing to resume and is raised as is.
+    """
+    engine.release_memory()
+    try:
+        yield
+    finally:
+        engine.resume_memory()
+        if weights is not None:
+            engine.update_weights(weights)
 
 
 def validate_prompts(prompts: Sequence[Sequence[int]], vocab_size: int | None = None) -> list[list[int]]:

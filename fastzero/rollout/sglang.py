@@ -5,7 +5,8 @@ Written against sglang 0.5.23 and checked name by name against the installed pac
 SGLang cannot start on a machine without CUDA, so the adapter's logic is tested with a stand-in
 engine passed through `engine_factory`; the real Engine never ran here.
 
-One RL step, as the trainer drives it:
+One RL step, as the trainer drives it (`with engine.memory_released(weights=policy): train()` does
+release, resume and update_weights around the block, even when training raises):
     release_memory()          -> Engine.release_memory_occupation()  (weights, KV cache, CUDA graphs)
     ... train ...
     resume_memory()           -> Engine.resume_memory_occupation()   (memory is back; the weights in
@@ -41,7 +42,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from fastzero.rollout.base import Completion, SamplingParams, validate_prompts
+from fastzero.rollout.base import Completion, SamplingParams, memory_released, validate_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -212,6 +213,11 @@ class SGLangEngine:
             self._engine.resume_memory_occupation()
             self._released = False
             self._weights_stale = True
+
+    def memory_released(self, weights: Any = None):
+        """`with engine.memory_released(weights=policy): train()`: resumes and reloads `weights` on any
+        exit, an exception included (base.memory_released), so the engine is never left released."""
+        return memory_released(self, weights)
 
     def shutdown(self) -> None:
         self._engine.shutdown()

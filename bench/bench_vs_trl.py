@@ -1,0 +1,221 @@
+"""FastZero against Hugging Face TRL's GRPOTrainer: same model, prompts, problems, reward, recipe.
+
+Both train the embedded tiny model (fastzero/assets/tiny-countdown) with GRPO on the same problem
+pool (written to files that FastZero reads with --train-path / --test-path and TRL gets as a
+dataset), the same compact prompts (the bench checks that TRL tokenizes them to FastZero's ids), the
+same reward (fastzero's C++ Countdown verifier on the response with special tokens kept) and the
+same recipe: 64 prompts x 8 samples per step, 14 new tokens, temperature 1, AdamW lr 1e-4 constant,
+no KL (TRL beta=0), a token mean over the step's batch (TRL loss_type="dapo" with one optimizer step
+per generation batch = FastZero's token-mean with mini_batch_size 512), clip 0.2, group-std
+normalized advantages, grad clip 1.0. FastZero runs through its CLI (python -m fastzero.train), TRL
+in-process. Held-out accuracy is measured the same way for both: greedy decoding of the final
+weights on the same 500 held-out problems, scored by the same verifier.
+
+Per pair (back to back): FastZero for --steps steps; TRL until both --steps steps and --seconds of
+training are done (its weights snapshotted at each point); FastZero for --seconds. Training time
+excludes start-up and evaluation for both (FastZero: the sum of metrics.jsonl's time/step). Printed: seconds per step, tokens/s (prompt +
+response tokens processed per second of training) and held-out accuracy at equal steps and at equal
+wall time.
+
+TRL is a `[bench]` extra, never a trainer dependency: run this from a separate venv that has it
+(`python3 -m venv venv-trl && venv-trl/bin/pip install torch==2.13.0 -e .[bench]`):
+    venv-trl/bin/python bench/bench_vs_trl.py [--steps 20] [--seconds 90] [--pairs 1]
+Ends with one JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+from fastzero.rollout.base import SamplingParams
+from fastzero.rollout.hf import HFEngine
+from fastzero.tasks.countdown.problems import generate_problems, save_problems
+from fastzero.tasks.countdown.prompts import render_prompt
+from fastzero.tasks.countdown.verifier import score_batch
+
+MODEL_DIR = os.path.join(os.path.dirname(__file__), "..", "fastzero", "assets", "tiny-countdown")
+RANGES = dict(min_numbers=3, max_numbers=3, min_value=1, max_value=20, min_target=1, max_target=50)
+PROMPTS, SAMPLES, NEW_TOKENS, LR, CLIP, GRAD_CLIP = 64, 8, 14, 1e-4, 0.2, 1.0
+
+
+def load_model():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(MODEL_DIR).eval(), AutoTokenizer.from_pretrained(MODEL_DIR)
+
+
+def prompt_ids(tokenizer, problem) -> list[int]:
+    text = render_prompt("compact", problem.numbers, problem.target, tokenizer)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def response_texts(tokenizer, responses: list[list[int]], stop: int) -> list[str]:
+    """What FastZero scores: the response without its stop token, special tokens kept."""
+    trimmed = [r[:-1] if r and r[-1] == stop else r for r in responses]
+    return tokenizer.batch_decode(trimmed, skip_special_tokens=False)
+
+
+def held_out_accuracy(model, tokenizer, problems) -> float:
+    engine = HFEngine(model, eos_token_ids=[tokenizer.eos_token_id])
+    out = engine.generate([prompt_ids(tokenizer, p) for p in problems],
+                          SamplingParams(max_new_tokens=NEW_TOKENS, temperature=0.0))
+    texts = response_texts(tokenizer, [g[0].response_ids for g in out], tokenizer.eos_token_id)
+    scores = score_batch(texts, [p.numbers for p in problems], [p.target for p in problems])
+    return sum(s == 1.0 for s in scores) / len(scores)
+
+
+# ---- FastZero, through its CLI -------------------------------------------------------------------------
+def run_fastzero(files: dict[str, str], out: str, *, steps: int, seconds: float, threads: int) -> dict:
+    command = [sys.executable, "-m", "fastzero.train", "--output-dir", out, "--train-path", files["train"],
+               "--test-path", files["test"], "--max-steps", str(steps), "--eval-every", "0", "--save-every", "0",
+               "--threads", str(threads), "--progress", "false", "--seed", "0", "--lr", str(LR),
+               "--prompts-per-step", str(PROMPTS), "--samples-per-prompt", str(SAMPLES),
+               "--max-new-tokens", str(NEW_TOKENS), "--mini-batch-size", str(PROMPTS * SAMPLES),
+               "--kl-coef", "0", "--loss-agg", "token-mean", "--grad-clip", str(GRAD_CLIP),
+               "--clip-low", str(CLIP), "--clip-high", str(CLIP), "--temperature", "1.0",
+               "--time-limit-minutes", str(seconds / 60 if seconds else 0)]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    steps_rows = [r for r in rows if "time/step" in r and not r.get("skipped")]
+    train_seconds = sum(r["time/step"] for r in steps_rows)
+    prompt_tokens = _prompt_length()
+    tokens = sum(PROMPTS * SAMPLES * (prompt_tokens + r["response/length"]) for r in steps_rows)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(os.path.join(out, "final")).eval()
+    return dict(steps=len(steps_rows), seconds=train_seconds, tokens=tokens, model=model)
+
+
+def _prompt_length() -> int:
+    _, tokenizer = load_model()
+    return len(prompt_ids(tokenizer, generate_problems(1, seed=0, **RANGES)[0]))  # compact prompts: one width
+
+
+# ---- TRL, in-process -------------------------------------------------------------------------------------
+def run_trl(train, tokenizer, *, steps: int, seconds: float, threads: int, out: str) -> dict:
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    torch.set_num_threads(threads)
+    model, _ = load_model()
+    model.train()
+    eos = tokenizer.eos_token_id
+    dataset = Dataset.from_list([{"prompt": render_prompt("compact", p.numbers, p.target, tokenizer),
+                                  "numbers": list(p.numbers), "target": p.target} for p in train])
+    ours = [prompt_ids(tokenizer, p) for p in train[:32]]
+    theirs = tokenizer(text=[row["prompt"] for row in dataset.select(range(32))])["input_ids"]
+    if ours != theirs:
+        raise SystemExit("TRL would tokenize the prompts differently from FastZero: not a like-for-like run")
+    counted = {"tokens": 0}
+
+    def countdown_reward(prompts, completions, completion_ids, numbers, target, **_):
+        counted["tokens"] += sum(len(ids) for ids in completion_ids) + sum(len(t) for t in
+                                                                          tokenizer(text=prompts)["input_ids"])
+        return score_batch(response_texts(tokenizer, completion_ids, eos), numbers, target)
+
+    class Clock(TrainerCallback):
+        """Training time only (generation, reward, update), with weight snapshots at `steps` steps and
+        when `seconds` of training are used up; stops once both are reached."""
+
+        def __init__(self):
+            self.started, self.elapsed, self.snapshots = None, 0.0, {}
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            self.elapsed += time.perf_counter() - self.started
+            for name, reached in (("steps", state.global_step == steps), ("time", self.elapsed >= seconds)):
+                if reached and name not in self.snapshots:
+                    self.snapshots[name] = dict(state={k: v.detach().clone() for k, v in model.state_dict().items()},
+                                                steps=state.global_step, seconds=self.elapsed, tokens=counted["tokens"])
+            if len(self.snapshots) == 2:
+                control.should_training_stop = True
+
+    config = GRPOConfig(
+        output_dir=out, use_cpu=True, bf16=False, fp16=False, report_to=[], save_strategy="no", logging_steps=10,
+        seed=0, max_steps=100_000, learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+        max_grad_norm=GRAD_CLIP, per_device_train_batch_size=PROMPTS * SAMPLES, gradient_accumulation_steps=1,
+        num_generations=SAMPLES, steps_per_generation=1,  # one generation batch of 512 per optimizer step
+        max_completion_length=NEW_TOKENS, temperature=1.0, top_p=1.0, beta=0.0, num_iterations=1, epsilon=CLIP,
+        loss_type="dapo", scale_rewards="group", disable_dropout=True, dataloader_num_workers=0,
+        log_completions=False,
+    )
+    clock = Clock()
+    trainer = GRPOTrainer(model=model, reward_funcs=countdown_reward, args=config, train_dataset=dataset,
+                          processing_class=tokenizer, callbacks=[clock])
+    trainer.train()
+    result = {}
+    for name, snap in clock.snapshots.items():
+        snapshot_model, _ = load_model()
+        snapshot_model.load_state_dict(snap["state"])
+        result[name] = dict(steps=snap["steps"], seconds=snap["seconds"], tokens=snap["tokens"],
+                            model=snapshot_model.eval())
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=20, help="the equal-steps comparison point")
+    parser.add_argument("--seconds", type=float, default=90.0, help="the equal-wall-time budget of training")
+    parser.add_argument("--pairs", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    _, tokenizer = load_model()
+    test = generate_problems(500, seed=1000, **RANGES)  # FastZero's default held-out split
+    train = generate_problems(8000, seed=1001, exclude=test, **RANGES)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {"train": os.path.join(tmp, "train.jsonl"), "test": os.path.join(tmp, "test.jsonl")}
+        save_problems(train, files["train"])
+        save_problems(test, files["test"])
+        for pair in range(args.pairs):
+            fz_steps = run_fastzero(files, os.path.join(tmp, f"fz-steps-{pair}"), steps=args.steps, seconds=0,
+                                    threads=args.threads)
+            trl = run_trl(train, tokenizer, steps=args.steps, seconds=args.seconds, threads=args.threads,
+                          out=os.path.join(tmp, f"trl-{pair}"))
+            fz_time = run_fastzero(files, os.path.join(tmp, f"fz-time-{pair}"), steps=100_000,
+                                   seconds=args.seconds, threads=args.threads)
+            results.append(dict(
+                fastzero_s_per_step=fz_steps["seconds"] / fz_steps["steps"],
+                trl_s_per_step=trl["steps"]["seconds"] / trl["steps"]["steps"],
+                fastzero_tok_s=fz_steps["tokens"] / fz_steps["seconds"],
+                trl_tok_s=trl["steps"]["tokens"] / trl["steps"]["seconds"],
+                fastzero_acc_at_steps=held_out_accuracy(fz_steps["model"], tokenizer, test),
+                trl_acc_at_steps=held_out_accuracy(trl["steps"]["model"], tokenizer, test),
+                fastzero_steps_in_time=fz_time["steps"], trl_steps_in_time=trl["time"]["steps"],
+                fastzero_acc_at_time=held_out_accuracy(fz_time["model"], tokenizer, test),
+                trl_acc_at_time=held_out_accuracy(trl["time"]["model"], tokenizer, test),
+            ))
+            print(json.dumps({"pair": pair, **{k: round(v, 4) for k, v in results[-1].items()}}), flush=True)
+    base = load_model()[0]
+    start = held_out_accuracy(base, tokenizer, test)
+    med = {k: statistics.median(r[k] for r in results) for k in results[0]}
+    print(f"\nGRPO on the embedded tiny model, {PROMPTS} prompts x {SAMPLES} samples, {NEW_TOKENS} new tokens, "
+          f"{args.threads} thread(s), {args.pairs} pair(s) (median); held-out greedy accuracy at start {start:.1%}")
+    print(f"{'':<34}{'FastZero':>12}{'TRL':>12}{'ratio':>8}")
+    for label, a, b, higher_better in [
+        ("seconds per step", med["fastzero_s_per_step"], med["trl_s_per_step"], False),
+        ("tokens/s", med["fastzero_tok_s"], med["trl_tok_s"], True),
+        (f"held-out acc after {args.steps} steps", med["fastzero_acc_at_steps"], med["trl_acc_at_steps"], True),
+        (f"steps in {args.seconds:.0f} s", med["fastzero_steps_in_time"], med["trl_steps_in_time"], True),
+        (f"held-out acc after {args.seconds:.0f} s", med["fastzero_acc_at_time"], med["trl_acc_at_time"], True),
+    ]:
+        ratio = (a / b if higher_better else b / a) if a and b else float("nan")
+        print(f"{label:<34}{a:>12.4g}{b:>12.4g}{ratio:>8.2f}")
+    print(json.dumps({"bench": "vs_trl", "steps": args.steps, "seconds": args.seconds, "pairs": args.pairs,
+                      "threads": args.threads, "start_accuracy": start, "median": med, "runs": results}))
+
+
+if __name__ == "__main__":
+    main()
