@@ -1,6 +1,7 @@
 """One RL step, as data flows (docs/architecture.md draws the whole picture):
 
   problems -> sample_episodes: rollout engine (G samples per prompt) -> decode -> scorer
+     (dynamic_sampling.sample_step: one round, or DAPO's rounds until the batch is full; overlong penalty)
   -> collate into a SequenceBatch (with the sampler's log-probs and finish reasons)
   -> old / ref log-probs and values for the rows that carry a gradient (hidden states ->
      fused_logprobs; never [tokens x vocab] logits)
