@@ -24,7 +24,7 @@ TMP_PREFIX = ".tmp-"
 
 
 def _sibling(path: Path, kind: str) -> Path:
-    return path.with_name(f"{kind}{uuid.uuid4().hex[:12]}-{path.name}")
+    return path.with_name(f"{kind}{uuid.uuid4().hex[:12]}-{path.name[:200]}")  # a name that fits fits here too
 
 
 @contextmanager

@@ -6,6 +6,8 @@ else the trainer needs to continue bit-identically (`trainer_state.pt`: step, RN
 position, counters). It is written under a temporary name and renamed into place in one step, then
 the `latest` pointer file is replaced atomically: a run killed at any moment leaves either the old
 or the new checkpoint, never half of one. Older checkpoints beyond `keep` are deleted afterwards.
+Each checkpoint carries `manifest.json` (sizes and SHA-256 of its files): resume verifies it and
+falls back to the newest intact checkpoint (fastzero/manifest.py).
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from typing import Any
 import torch
 
 from .atomic import TMP_PREFIX, atomic_directory, atomic_write_text
+from .manifest import write_manifest
+from .write_errors import as_os_error, torch_save
 
 LATEST = "latest"
 
@@ -31,11 +35,13 @@ def save_checkpoint(root: str, step: int, *, models: dict[str, Any], optimizer_s
     final = os.path.join(root, name)
     with atomic_directory(final) as tmp:  # a re-save of the same step (Ctrl-C right after a save) replaces it
         for model_name, model in models.items():
-            model.save_pretrained(os.path.join(tmp, model_name))  # safetensors by default
+            with as_os_error(os.path.join(tmp, model_name)):
+                model.save_pretrained(os.path.join(tmp, model_name))  # safetensors by default
         if tokenizer is not None:
             tokenizer.save_pretrained(os.path.join(tmp, "policy"))
-        torch.save(optimizer_state, os.path.join(tmp, "optimizers.pt"))
-        torch.save(state, os.path.join(tmp, "trainer_state.pt"))
+        torch_save(optimizer_state, os.path.join(tmp, "optimizers.pt"))
+        torch_save(state, os.path.join(tmp, "trainer_state.pt"))
+        write_manifest(str(tmp))  # last: sizes and checksums of everything above (fastzero/manifest.py)
     atomic_write_text(os.path.join(root, LATEST), name + "\n")
     _prune(root, keep=keep, current=name)
     return final

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,7 @@ from fastzero.kernels.policy_loss import KL_TYPES
 from .algorithms import ALGORITHMS, GROUP_METHODS, TOKEN_METHODS
 from .model import ATTN_IMPLEMENTATIONS, DEVICES, DTYPES
 from .rollout import ENGINE_KINDS
-from .tasks.countdown.problems import MAX_NUMBERS
+from .tasks.countdown.problems import MAX_NUMBERS, MAX_VALUE
 from .tasks.countdown.prompts import TEMPLATES
 from .tasks.registry import BUILTIN_TASKS, DEFAULT_TASK, check_task_name
 from .tasks.sandbox import SandboxOptions
@@ -163,6 +164,8 @@ class RunConfig:
                                               "summary.json reports the steps, wall time and $ it took")
     max_cost_usd: float | None = opt(None, "stop with a checkpoint before the run's cost (--price-per-hour) passes this")
     max_device_hours: float | None = opt(None, "stop with a checkpoint before the run's device-hours pass this")
+    dist_timeout: float = opt(600.0, "torchrun runs: seconds a collective waits for the other ranks before the job fails")
+    fsdp_offload: bool = opt(False, "torchrun runs: keep sharded weights, gradients and optimizer state in CPU memory")
 
 
 @dataclass
@@ -233,6 +236,10 @@ def optional(f: dataclasses.Field) -> bool:
     return "None" in str(f.type)
 
 
+INT_LIMIT = 2**63  # every integer option fits a signed 64-bit field (torch, numpy, safetensors)
+SEED_LIMIT = 2**32  # seeds: what every RNG seeded from them accepts
+
+
 def coerce(f: dataclasses.Field, value: Any) -> Any:
     flag = _flag(option_name(f))
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and optional(f)):
@@ -250,14 +257,23 @@ def coerce(f: dataclasses.Field, value: Any) -> Any:
             if text in ("0", "false", "no", "off"):
                 return False
             raise ValueError
+        if kind in (int, float) and isinstance(value, bool):
+            raise ValueError  # `lr = true` in a config file is a mistake, not 1.0
         if kind is int and isinstance(value, float) and not value.is_integer():
             raise ValueError
-        if kind is int and isinstance(value, bool):
+        if kind is str and not isinstance(value, str):
             raise ValueError
-        return kind(value)
-    except (TypeError, ValueError):
+        converted = kind(value)
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"{flag}: {value!r} is not a valid {kind.__name__}") from None
+    if kind is float and not math.isfinite(converted):
+        raise ValueError(f"{flag}: must be a finite number, got {value!r}")
+    if kind is int and not -INT_LIMIT <= converted < INT_LIMIT:
+        raise ValueError(f"{flag}: {value!r} is too large (integers must fit in 64 bits)")
+    return converted
 
+
+RECORDED_FACTS = ("world_size",)  # what a run's config.json records beside the options
 
 # ---- presets -------------------------------------------------------------------------------------
 
@@ -299,7 +315,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "qwen2.5-1.5b": {**_TINYZERO_PPO},
     "qwen2.5-3b": {**_TINYZERO_PPO},
 }
-for _name in ("qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b"):
+# 7B as veRL's and TinyZero's scripts scale the 3B recipe: the same algorithm and global batch, the
+# model sharded over the ranks (torchrun + FSDP2), activations recomputed, smaller micro-batches.
+PRESETS["qwen2.5-7b"] = {**_TINYZERO_PPO, "gradient_checkpointing": True, "micro_batch_tokens": 16384}
+for _name in ("qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b", "qwen2.5-7b"):
     PRESETS[_name + "-grpo"] = {**PRESETS[_name], **_GRPO_VARIANT}
     PRESETS[_name + "-dapo"] = {**PRESETS[_name], **_DAPO_VARIANT}
     PRESETS[_name + "-gspo"] = {**PRESETS[_name], **_GSPO_VARIANT}
@@ -314,31 +333,62 @@ def from_preset(name: str) -> Config:
     return config
 
 
-def load_config_file(config: Config, path: str) -> None:
-    """Apply a JSON or TOML file, flat ({"lr": 1e-5}) or by section ({"optimizer": {"lr": 1e-5}})."""
+def read_config_file(path: str) -> dict[str, Any]:
+    """The options of a JSON or TOML file as one flat dict (sections folded in), every problem one
+    ValueError naming the file (and line and column for a syntax error)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--config: no such file {path!r}")
-    with open(path, "rb") as fh:
-        if path.endswith(".toml"):
-            import tomllib
-            data = tomllib.load(fh)
-        elif path.endswith(".json"):
-            data = json.load(fh)
-        else:
-            raise ValueError(f"--config: {path!r} must end in .json or .toml")
+    if not path.endswith((".toml", ".json")):
+        raise ValueError(f"--config: {path!r} must end in .json or .toml")
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"--config {path}: not UTF-8 text (byte {err.start})") from None
+    except OSError as err:
+        raise ValueError(f"--config {path}: cannot read it ({err.strerror or err})") from None
+    if path.endswith(".toml"):
+        import tomllib
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:  # its message ends "(at line L, column C)"
+            raise ValueError(f"--config {path}: invalid TOML: {err}") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--config {path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path}: the top level must be a table of options, not a {type(data).__name__}")
     flat: dict[str, Any] = {}
     for key, value in data.items():
-        if key in SECTIONS and isinstance(value, dict):
+        if key in SECTIONS and (isinstance(value, dict) or key not in FIELDS):  # "algorithm" is both
+            if not isinstance(value, dict):
+                raise ValueError(f"--config {path}: [{key}] must be a table of options, not a {type(value).__name__}")
             for inner, inner_value in value.items():
                 if inner not in FIELDS or FIELDS[inner][0] != key:
                     raise ValueError(f"--config {path}: unknown option {key}.{inner}")
                 flat[inner] = inner_value
         elif key in FIELDS:
             flat[key] = value
+        elif key in RECORDED_FACTS:  # written into a run's config.json, not options
+            continue
         else:
             raise ValueError(f"--config {path}: unknown option {key!r}")
+    return flat
+
+
+def load_config_file(config: Config, path: str) -> dict[str, Any]:
+    """Apply a JSON or TOML file, flat ({"lr": 1e-5}) or by section ({"optimizer": {"lr": 1e-5}});
+    returns the options it set, converted."""
+    flat = read_config_file(path)
     for key, value in flat.items():
-        config.set(key, value)
+        try:
+            config.set(key, value)
+        except ValueError as err:
+            raise ValueError(f"--config {path}: {err}") from None
+    return {key: config.get(key) for key in flat}
 
 
 # ---- validation ----------------------------------------------------------------------------------
@@ -357,6 +407,14 @@ def check_paths(config: Config) -> None:
         value = config.get(name)
         if value is not None and not os.path.exists(resolve_model_path(value)):
             raise FileNotFoundError(f"{_flag(name)}: {value!r} does not exist")
+    from .weights_check import weights_problem
+
+    for name in ("model_path", "critic_path"):
+        value = config.get(name)
+        if value is not None and os.path.isdir(resolve_model_path(value)):
+            problem = weights_problem(resolve_model_path(value))
+            if problem is not None:
+                raise ValueError(f"{_flag(name)}: {problem}")
 
 
 def validate(config: Config) -> None:
@@ -372,6 +430,17 @@ def validate(config: Config) -> None:
             raise ValueError(f"{_flag(name)}: {what}")
 
     m, d, r, a, o, run = config.model, config.data, config.rollout, config.algorithm, config.optimizer, config.run
+    for name, (section, f) in FIELDS.items():  # also for values set without coerce (Config(...) in code)
+        value = config.get(name)
+        if field_type(f) is float and value is not None:
+            need(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+                 name, f"must be a finite number, got {value!r}")
+        if field_type(f) is int and value is not None:
+            need(isinstance(value, int) and -INT_LIMIT <= value < INT_LIMIT, name, "must fit in 64 bits")
+    for name in ("seed", "data_seed"):
+        need(0 <= config.get(name) < SEED_LIMIT, name, f"must be in 0..{SEED_LIMIT - 1}")
+    for name in ("min_value", "max_value", "min_target", "max_target"):
+        need(config.get(name) <= MAX_VALUE, name, f"must be <= {MAX_VALUE} (the exact solver's limit)")
     need(bool(m.model_path), "model_path", "this preset needs a local model directory (nothing is downloaded)")
     for name in ("num_test", "min_numbers", "min_value", "min_target", "max_prompt_tokens",
                  "prompts_per_step", "samples_per_prompt", "max_new_tokens", "gen_batch_size",
@@ -388,22 +457,27 @@ def validate(config: Config) -> None:
     need(r.temperature > 0, "temperature", "rollouts sample: must be > 0 (evaluation is greedy anyway)")
     need(0 < r.top_p <= 1, "top_p", "must be in (0, 1]")
     need(0 < r.sglang_mem_fraction < 1, "sglang_mem_fraction", "must be in (0, 1)")
-    need(a.clip_low >= 0 and a.clip_high >= 0, "clip_low", "clip ranges must be >= 0")
+    need(a.clip_low >= 0, "clip_low", "must be >= 0")
+    need(a.clip_high >= 0, "clip_high", "must be >= 0")
     need(a.dual_clip is None or a.dual_clip > 1, "dual_clip", "must be > 1")
     need(a.kl_coef >= 0, "kl_coef", "must be >= 0")
     need(a.entropy_coef >= 0, "entropy_coef", "must be >= 0")
-    need(0 <= a.gamma <= 1 and 0 <= a.lam <= 1, "gamma", "gamma and lam must be in [0, 1]")
+    need(0 <= a.gamma <= 1, "gamma", "must be in [0, 1]")
+    need(0 <= a.lam <= 1, "lam", "must be in [0, 1]")
     need(a.value_clip > 0, "value_clip", "must be > 0")
-    need(a.correct_score > a.format_score >= 0, "format_score", "need 0 <= format_score < correct_score")
-    need(o.lr > 0, "lr", "must be > 0")
-    need(o.critic_lr > 0, "critic_lr", "must be > 0")
-    need(o.weight_decay >= 0 and o.grad_clip >= 0, "grad_clip", "grad_clip and weight_decay must be >= 0")
+    need(a.format_score >= 0, "format_score", "must be >= 0")
+    need(a.correct_score > a.format_score, "format_score", "must be below --correct-score (a correct answer earns most)")
+    need(0 < o.lr <= 1, "lr", "must be in (0, 1]")  # beyond 1 AdamW diverges at once (or overflows float32)
+    need(0 < o.critic_lr <= 1, "critic_lr", "must be in (0, 1]")
+    need(o.weight_decay >= 0, "weight_decay", "must be >= 0")
+    need(o.grad_clip >= 0, "grad_clip", "must be >= 0")
     need(run.time_limit_minutes >= 0, "time_limit_minutes", "must be >= 0")
     need(run.price_per_hour >= 0, "price_per_hour", "must be >= 0")
+    need(run.dist_timeout > 0, "dist_timeout", "must be > 0 seconds")
     validate_extensions(config, need)
     sequences = r.prompts_per_step * r.samples_per_prompt
     need(sequences % a.mini_batch_size == 0 or a.mini_batch_size >= sequences, "mini_batch_size",
-         f"must divide prompts_per_step x samples_per_prompt = {sequences} (or be >= it)")
+         f"must divide --prompts-per-step x --samples-per-prompt = {sequences} (or be >= it)")
     if a.estimator in GROUP_METHODS:
         need(r.samples_per_prompt >= 2, "samples_per_prompt",
              f"{a.estimator} compares samples within a group: needs >= 2")
@@ -411,7 +485,19 @@ def validate(config: Config) -> None:
         need(a.estimator in TOKEN_METHODS, "kl_in_reward",
              f"a per-token KL reward needs a token-level estimator (--algorithm {' or '.join(TOKEN_METHODS)})")
     need(not (r.engine == "sglang" and run.device == "cpu"), "rollout", "sglang needs --device cuda")
+    need(not (m.attn_implementation == "flash_attention_2" and _runs_on_cpu(run.device)), "attn_implementation",
+         "flash_attention_2 needs a CUDA GPU; this run is on the CPU (use sdpa or auto)")
     validate_task(config)
+
+
+def _runs_on_cpu(device: str) -> bool:
+    if device == "cpu":
+        return True
+    if device != "auto":
+        return False
+    import torch
+
+    return not torch.cuda.is_available()
 
 
 def validate_task(config: Config) -> None:

@@ -57,6 +57,19 @@ class MetricsLog:
         return None
 
 
+class MemoryMetrics(MetricsLog):
+    """The rows of a run kept in memory and written nowhere: the metrics of ranks other than 0."""
+
+    def __init__(self):
+        self.rows = []
+
+    def log(self, row: dict[str, Any]) -> None:
+        self.rows.append({k: (float(v) if hasattr(v, "item") else v) for k, v in row.items()})
+
+    def log_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
+        pass
+
+
 def _append_line(path: str, line: str) -> None:
     with open(path, "a") as fh:
         fh.write(line + "\n")
@@ -164,16 +177,17 @@ def plot_metrics(rows: list[dict[str, Any]], path: str) -> None:
 
 
 def cost_summary(phase_totals: dict[str, float], *, wall_seconds: float, tokens: int,
-                 price_per_hour: float, device: str) -> dict[str, Any]:
+                 price_per_hour: float, device: str, devices: int = 1) -> dict[str, Any]:
     """Wall time per phase, throughput and the price of the run at `price_per_hour` per device."""
     return {
         "device": device,
+        "devices": devices,
         "wall_seconds": round(wall_seconds, 2),
         "phase_seconds": {k: round(v, 3) for k, v in sorted(phase_totals.items(), key=lambda kv: -kv[1])},
         "tokens": tokens,
         "tokens_per_second": round(tokens / wall_seconds, 1) if wall_seconds > 0 else None,
         "price_per_hour": price_per_hour,
-        "cost_usd": round(price_per_hour * wall_seconds / 3600, 4) if price_per_hour else None,
+        "cost_usd": round(price_per_hour * devices * wall_seconds / 3600, 4) if price_per_hour else None,
     }
 
 

@@ -159,6 +159,11 @@ def hidden_states(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     """The final-norm hidden states [B, T, H] of the model body (model.model for a causal LM)."""
     if position_ids is None and attention_mask is not None:
         position_ids = default_position_ids(attention_mask)
+    if model.base_model is not model:
+        from .sharding import is_sharded, root_hidden_states
+
+        if is_sharded(model):  # through the root forward, so FSDP gathers the LM head (see sharding.py)
+            return root_hidden_states(model, input_ids, attention_mask, position_ids)
     out = model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                            use_cache=False)
     return out.last_hidden_state

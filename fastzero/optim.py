@@ -46,7 +46,8 @@ class Optimizers:
         """Clip the global gradient norm, refuse a non-finite one, step; returns the policy's norm."""
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
         params = [p for p in self.policy_module.parameters() if p.grad is not None]
-        norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # sharded: a DTensor
         if not math.isfinite(norm):
             raise NonFiniteError("gradient")
         self.set_learning_rates(steps_done)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -14,6 +15,7 @@ from .episodes import Episodes
 from .lora import save_final_policy
 from .metrics import ProgressBar, cost_summary, format_cost, plot_metrics
 from .stop_rules import format_target, summary_entries
+from .write_errors import as_os_error
 
 
 class Reporter:
@@ -36,7 +38,7 @@ class Reporter:
 
     def progress_start(self, start_step: int) -> None:
         cfg = self.run.config.run
-        self.bar = ProgressBar(cfg.max_steps, enabled=cfg.progress, start_step=start_step)
+        self.bar = ProgressBar(cfg.max_steps, enabled=cfg.progress and self.run.dist.is_main, start_step=start_step)
         self._tokens_at_start, self._started = self.run.state.tokens, time.perf_counter()
 
     def progress(self, step: int, row: dict[str, float], last_eval: dict[str, float] | None) -> None:
@@ -55,20 +57,35 @@ class Reporter:
 
 def finish_run(run) -> dict[str, Any]:
     """Final model, plot and cost summary; returns the summary."""
-    with atomic_directory(os.path.join(run.output_dir, "final")) as staging:
-        save_final_policy(run.models.policy, run.models.lora, staging, merged=run.config.model.lora_save_merged)
-        run.tokenizer.save_pretrained(staging)
+    if run.dist.enabled:  # gathered from the shards, written by rank 0
+        from .sharded_checkpoint import save_full_pretrained
+
+        with atomic_directory(os.path.join(run.output_dir, "final")) if run.dist.is_main else _nowhere() as staging:
+            save_full_pretrained(run.models.policy, str(staging), run.dist, tokenizer=run.tokenizer)
+        if not run.dist.is_main:
+            return {}
+    else:
+        with atomic_directory(os.path.join(run.output_dir, "final")) as staging, as_os_error(str(staging)):
+            save_final_policy(run.models.policy, run.models.lora, staging, merged=run.config.model.lora_save_merged)
+            run.tokenizer.save_pretrained(staging)
     plot_metrics(run.metrics.rows, os.path.join(run.output_dir, "metrics.png"))
     wall = run.wall_seconds()
     state = run.state
     cost = cost_summary(state.phase_seconds, wall_seconds=wall, tokens=state.tokens,
-                        price_per_hour=run.config.run.price_per_hour, device=str(run.device))
+                        price_per_hour=run.config.run.price_per_hour, device=str(run.device),
+                        devices=run.dist.world_size)
     start, end = state.eval_start or {}, run.metrics.last("eval/accuracy")
     summary = {"start_accuracy": start.get("eval/accuracy"), "end_accuracy": end,
-               "steps": state.step, "bad_steps": state.bad_steps, "cost": cost,
+               "steps": state.step, "bad_steps": state.bad_steps, "world_size": run.dist.world_size, "cost": cost,
                **summary_entries(run.config.run, state)}
     atomic_write_text(os.path.join(run.output_dir, "summary.json"), json.dumps(summary, indent=2) + "\n")
     run.say(format_cost(cost))
     if format_target(summary.get("target")):
         run.say(format_target(summary["target"]))
     return summary
+
+
+@contextmanager
+def _nowhere():
+    """What ranks other than 0 write the final folder into: nothing (they only join the gather)."""
+    yield None

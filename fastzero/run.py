@@ -23,10 +23,11 @@ from torch import nn
 from .atomic import atomic_write_text
 from .config import Config, resolve_model_path, sandbox_options
 from .data import TaskData, make_task
+from .distributed import init_distributed, main_only
 from .episodes import trim_stop
 from .loggers import make_sinks
 from .lora import LoraAdapters, add_adapters
-from .metrics import MetricsLog
+from .metrics import MemoryMetrics, MetricsLog
 from .model import CriticModel, choose_backends, load_causal_lm, resolve_device
 from .optim import Optimizers
 from .rollout import RolloutEngine, make_engine, resolve_engine_kind
@@ -58,11 +59,17 @@ class Run:
     """The parts of a run: models, optimizers, data, scorer, rollout engine, RNG, state and outputs."""
 
     def __init__(self, config: Config, *, output_dir: str, resume: bool = False, log=print):
-        self.config, self.output_dir, self.say = config, output_dir, log
-        self.wall_started = time.perf_counter()
         cfg = config
+        # Under torchrun: join the process group (a world of one, or no torchrun: nothing happens).
+        self.dist = init_distributed(cfg.run.device, timeout_s=cfg.run.dist_timeout)
+        self.config, self.output_dir, self.say = config, output_dir, main_only(self.dist, log)
+        self.wall_started = time.perf_counter()
         torch.set_num_threads(cfg.run.threads or default_threads())
-        self.device = resolve_device(cfg.run.device)
+        self.device = self.dist.device if self.dist.enabled else resolve_device(cfg.run.device)
+        if self.dist.enabled:  # not built for torchrun yet: ranks would disagree on rounds / shard PEFT layers
+            for name in ("dynamic_sampling", "lora_rank"):
+                if cfg.get(name):
+                    raise ValueError(f"--{name.replace('_', '-')} does not run under torchrun yet (single process only)")
         backends = choose_backends(self.device, cfg.model.dtype, cfg.model.attn_implementation)
         random.seed(cfg.run.seed)
         torch.manual_seed(cfg.run.seed)
@@ -89,21 +96,36 @@ class Run:
             critic_path = resolve_model_path(cfg.model.critic_path or cfg.model.model_path)
             critic = CriticModel.from_pretrained(critic_path, **self.load_options)
         self.models = Models(policy, reference, critic, lora)
+        if self.dist.enabled:  # shard before the optimizers are built: they step the shards
+            from .sharding import shard_models
+
+            shard_models(self.models, self.dist, offload=cfg.run.fsdp_offload)
         self.optimizers = Optimizers(cfg.optimizer, policy, critic)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.stop_ids = tuple(sorted(_stop_ids(policy, self.tokenizer)))
-        self.data = TaskData(cfg.data, self.tokenizer, seed=cfg.run.seed, log=log, task=self.task)
+        self.data = TaskData(cfg.data, self.tokenizer, seed=cfg.run.seed, log=self.say, task=self.task)
         self.shuffle_generator = torch.Generator().manual_seed(cfg.run.seed + 17)
-        self.engine = _make_engine(cfg, policy, model_path, backends.dtype, self.stop_ids, self.pad_id)
+        self.engine = _make_engine(cfg, policy, model_path, backends.dtype, self.stop_ids, self.pad_id,
+                                   seed=cfg.run.seed + self.dist.rank,  # each rank its own sampling stream
+                                   local_rank=self.dist.local_rank if self.dist.enabled else None)
+        if self.dist.enabled:
+            from .sharding import ShardedEngine
+
+            self.engine = ShardedEngine(self.engine, policy, shares_model=resolve_engine_kind(cfg.rollout.engine) == "hf")
         self.state = TrainState()
         self.checkpoints = os.path.join(output_dir, "checkpoints")
+        self.saved_step: int | None = None  # step of the newest checkpoint on disk (resume.py keeps it)
         resume_step = None
         if resume:
             from .resume import restore_run
 
             resume_step = restore_run(self)
+        if not self.dist.is_main:  # rank 0 alone writes the run's files
+            self.metrics = MemoryMetrics()
+            return
         os.makedirs(output_dir, exist_ok=True)
-        atomic_write_text(os.path.join(output_dir, "config.json"), json.dumps(cfg.to_dict(), indent=2) + "\n")
+        recorded = {**cfg.to_dict(), "world_size": self.dist.world_size}
+        atomic_write_text(os.path.join(output_dir, "config.json"), json.dumps(recorded, indent=2) + "\n")
         self.metrics = MetricsLog(output_dir, resume_step=resume_step)
         self.metrics.sinks = make_sinks(cfg.run.report_to, output_dir, config=cfg.to_dict(), resume_step=resume_step)
 
@@ -127,12 +149,19 @@ class Run:
         return time.perf_counter() - self.wall_started + self.state.wall_seconds
 
 
-def _make_engine(cfg: Config, policy: nn.Module, model_path: str, dtype: torch.dtype, stop_ids, pad_id) -> RolloutEngine:
+def _make_engine(cfg: Config, policy: nn.Module, model_path: str, dtype: torch.dtype, stop_ids, pad_id, *,
+                 seed: int, local_rank: int | None) -> RolloutEngine:
     r = cfg.rollout
     if resolve_engine_kind(r.engine) == "hf":  # shares the policy module: no copy, no weight transfer
-        return make_engine("hf", model=policy, eos_token_ids=stop_ids, seed=cfg.run.seed,
+        return make_engine("hf", model=policy, eos_token_ids=stop_ids, seed=seed,
                            max_batch_size=r.gen_batch_size, pad_token_id=pad_id)
-    return make_engine("sglang", model_path=model_path, seed=cfg.run.seed, dtype=str(dtype).removeprefix("torch."),
+    placement = {}
+    if local_rank is not None:  # under torchrun: one engine per rank, on this rank's GPU (data parallel)
+        if r.sglang_tp > 1:
+            raise ValueError("--sglang-tp > 1 under torchrun is not supported yet: every rank runs its own "
+                             "engine on its own GPU (use --sglang-tp 1)")
+        placement = {"engine_kwargs": {"base_gpu_id": local_rank, "port": 30000 + 16 * local_rank}}
+    return make_engine("sglang", model_path=model_path, seed=seed, **placement, dtype=str(dtype).removeprefix("torch."),
                        mem_fraction_static=r.sglang_mem_fraction, tp_size=r.sglang_tp,
                        bucket_bytes=r.sync_bucket_mb << 20)
 

@@ -4,7 +4,7 @@ cost to get there), --max-cost-usd and --max-device-hours (stop before the budge
 The budget rule looks one step ahead: after each step it asks whether another step, an evaluation
 and a checkpoint (their longest durations seen so far in this process) still fit in what is left;
 if not, this step is the last, so the final evaluation and checkpoint land inside the budget. The
-cost is device-hours (wall time x devices) x --price-per-hour, whole run, across resumes.
+cost is device-hours (wall time x devices: the torchrun world size) x --price-per-hour, whole run, across resumes.
 
 What it decided lives in TrainState (`target_reached`, `stop_reason`), so summary.json reports it
 and a resumed run does not stop again for a target it already reached.
@@ -14,13 +14,6 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from .config import RunConfig
-
-
-def device_count() -> int:
-    """Devices the run holds (world size under torch.distributed, else 1): device-hours = wall x this."""
-    import torch.distributed as dist
-
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 class StopRules:

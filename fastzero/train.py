@@ -3,18 +3,29 @@
 With no arguments it trains the embedded tiny model on Countdown on the CPU and prints the held-out
 accuracy before and after. Every option of fastzero.config is a flag here (`--help` lists them with
 their defaults); invalid values and conflicts fail before any work, naming the option.
-Ctrl-C (or SIGTERM) saves a checkpoint and exits; `--resume DIR` continues the run in DIR.
+Ctrl-C (or SIGTERM) finishes the current step, saves a checkpoint and exits with status 130 (a
+second one stops at once, keeping the last checkpoint); `--resume DIR` continues the run in DIR.
 """
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import os
-import signal
 import sys
 import time
+from typing import TYPE_CHECKING
 
-from . import config as C
+from .interrupts import EXIT_CODE, Interrupts
+from .manifest import step_directories
+from .resume_rules import check_config_file_keys, check_resume
+from .rundir import CONFIG_NAME, RunDirError, claim, resume_refusal
+
+if TYPE_CHECKING:
+    from .config import Config
+
+DEFAULT_PRESET = "tiny-cpu"
+# fastzero.config (and through it torch) is imported inside the functions below, after main() has
+# installed the signal handlers: a Ctrl-C during those seconds of imports is then a clean exit.
 
 _SECTION_TITLES = {"model": "model", "data": "data", "rollout": "rollout", "algorithm": "algorithm",
                    "optimizer": "optimizer", "run": "run, logging and checkpoints",
@@ -22,10 +33,12 @@ _SECTION_TITLES = {"model": "model", "data": "data", "rollout": "rollout", "algo
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import config as C
+
     parser = argparse.ArgumentParser(
         prog="python -m fastzero.train", description=__doc__.split("\n\n")[1].strip(),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--preset", default="tiny-cpu", help=f"named recipe: {', '.join(C.PRESETS)}")
+    parser.add_argument("--preset", default=None, help=f"named recipe: {', '.join(C.PRESETS)} (default: {DEFAULT_PRESET})")
     parser.add_argument("--config", default=None, help="JSON or TOML file of options (flat or by section)")
     defaults = C.Config()
     for section, cls in C.SECTIONS.items():
@@ -40,30 +53,63 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(argv: list[str] | None) -> C.Config:
-    """Preset, then config file, then flags; or, with --resume, the run's saved config, then flags."""
+def config_from_args(argv: list[str] | None) -> Config:
+    """Preset, then config file, then flags; or, with --resume, the run's saved config, then the
+    config file and flags, of which only the options that may change on resume may differ."""
+    from . import config as C
+
     args = vars(build_parser().parse_args(argv))
     preset, config_file = args.pop("preset"), args.pop("config")
-    if args.get("resume"):
-        saved = os.path.join(args["resume"], "config.json")
-        if not os.path.isfile(saved):
-            raise FileNotFoundError(f"--resume: {args['resume']!r} has no config.json (not a FastZero run directory)")
+    file_options = C.read_config_file(config_file) if config_file else {}
+    check_config_file_keys(list(file_options), config_file)
+    resume = args.get("resume")
+    if resume:
+        if preset is not None:
+            raise ValueError(f"--preset {preset}: cannot be combined with --resume (the run's saved config is used)")
+        refusal = resume_refusal(resume)
+        if refusal is not None:
+            raise ValueError(refusal)
         config = C.Config()
-        C.load_config_file(config, saved)
+        try:
+            C.load_config_file(config, os.path.join(resume, CONFIG_NAME))
+        except ValueError as err:
+            raise ValueError(f"--resume {resume}: its saved {CONFIG_NAME} is damaged ({err})") from None
+        saved = {name: config.get(name) for name in C.FIELDS}
     else:
-        config = C.from_preset(preset)
-    if config_file:
-        C.load_config_file(config, config_file)
-    for name, value in args.items():
-        config.set(name, value)
-    if config.run.resume:
-        config.run.output_dir = config.run.resume
+        config = C.from_preset(preset or DEFAULT_PRESET)
+    given = {}
+    for source, options in ((f"--config {config_file}: ", file_options), ("", args)):
+        for name, value in options.items():
+            try:
+                config.set(name, value)
+            except ValueError as err:
+                raise ValueError(f"{source}{err}") from None
+            given[name] = config.get(name)
+    if resume:
+        # Until its first checkpoint a run is restarted, not continued: nothing of it is kept, so
+        # any option may change (a bad --test-path or --max-new-tokens can be fixed in place).
+        check_resume(saved, given, resume_dir=resume, restart=not step_directories(os.path.join(resume, "checkpoints")))
+        config.run.output_dir = resume
     C.validate(config)
     C.check_paths(config)
     return config
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 done, 1 the run failed (message says why and what was kept), 2 bad usage,
+    130 interrupted (SIGINT or SIGTERM; the directory can always be continued with --resume)."""
+    interrupts = Interrupts()
+    interrupts.install()  # first: a signal during start-up is a clean exit too
+    try:
+        return _main(argv, interrupts)
+    except KeyboardInterrupt:
+        print("\ninterrupted during start-up; nothing was saved", file=sys.stderr)
+        return EXIT_CODE
+    finally:
+        interrupts.uninstall()
+
+
+def _main(argv: list[str] | None, interrupts: Interrupts) -> int:
     try:
         config = config_from_args(argv)
     except (ValueError, FileNotFoundError) as err:
@@ -71,58 +117,27 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     output_dir = config.run.output_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
     config.run.output_dir = output_dir
-    if not config.run.resume and os.path.exists(os.path.join(output_dir, "metrics.jsonl")):
-        print(f"error: --output-dir {output_dir!r} already holds a run; continue it with --resume {output_dir} "
-              "or choose another directory (nothing was overwritten)", file=sys.stderr)
-        return 2
-
-    from .loop import train_loop
-    from .report import Reporter, finish_run
-    from .resume import save_run
-    from .run import Run
-    from .tasks.sandbox import RewardStalled
-
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    run = None
     try:
-        run = Run(config, output_dir=output_dir, resume=bool(config.run.resume))
-        print(f"FastZero: {config.algorithm.estimator} on {run.device}, model {config.model.model_path}, "
-              f"output {output_dir}", flush=True)
-        reporter = Reporter(run)
-        train_loop(run, reporter)
-        reporter.close()
-        save_run(run)
-        summary = finish_run(run)
-    except KeyboardInterrupt:
-        if run is None or run.state.step == 0:
-            print("\ninterrupted before the first step; nothing to save", file=sys.stderr)
-            return 130
-        path = save_run(run)
-        print(f"\ninterrupted: checkpoint saved at step {run.state.step} ({path}); "
-              f"continue with --resume {output_dir}", file=sys.stderr)
-        return 130
-    except RewardStalled as err:  # the step cannot finish; keep what the run has, like Ctrl-C does
-        path = save_run(run) if run is not None and run.state.step else None
-        print(f"\nerror: {err}" + (f"\ncheckpoint saved at step {run.state.step} ({path}); fix the reward, then "
-                                   f"--resume {output_dir}" if path else ""), file=sys.stderr)
-        return 1
-    except (ValueError, FileNotFoundError) as err:
+        # Under torchrun the first rank checks and locks the directory for the whole job; the others
+        # share it (and end when torchrun stops the job on the first rank's error).
+        first_rank = os.environ.get("RANK", "0") == "0"
+        lock = claim(output_dir, resume=bool(config.run.resume)) if first_rank else contextlib.nullcontext()
+    except RunDirError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    finally:
-        if run is not None:
-            run.close()
-    start, end = summary["start_accuracy"], summary["end_accuracy"]
-    if start is not None and end is not None:
-        print(f"held-out greedy accuracy: {100 * start:.1f}% -> {100 * end:.1f}% "
-              f"({100 * (end - start):+.1f} points) after {summary['steps']} steps")
-    print(json.dumps({"output_dir": output_dir, **{k: v for k, v in summary.items() if k != "cost"}}))
-    return 0
+    with lock:
+        from .session import train_session
 
-
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt
+        return train_session(config, output_dir, interrupts)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if status == EXIT_CODE:
+        # Interrupted: leave now, with this status. Python's own exit path can replace it with
+        # "killed by SIGINT" (-2) after a KeyboardInterrupt passed through C code that ran Python
+        # (an interrupted import), although main() handled it; everything is written and closed.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)

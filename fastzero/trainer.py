@@ -22,11 +22,25 @@ from fastzero.kernels.aggregation import token_weights
 from fastzero.kernels.fused_policy_loss import fused_linear_policy_loss
 from fastzero.kernels.policy_loss import policy_loss
 
-from .algorithms import compute_advantages, rows_without_gradient, value_loss
+from .algorithms import GROUP_METHODS, compute_advantages, rows_without_gradient, value_loss
 from .batch import SequenceBatch, collate, microbatches, minibatches
 from .config import Config
 from .data import TaskData
 from .dynamic_sampling import sample_step
+from .distributed import (
+    SINGLE,
+    DistContext,
+    all_gather_object,
+    all_gather_rows,
+    all_reduce_max,
+    all_reduce_sum,
+    gather_padded_rows,
+    global_token_weights,
+    grad_scale,
+    local_rows,
+    prompt_slice,
+    reduce_sums,
+)
 from .episodes import Decoder, Episodes, Scorer, sample_episodes
 from .metrics import PhaseTimer
 from .model import lm_head_weight, response_tokens, sequence_logprobs
@@ -40,8 +54,12 @@ __all__ = ["NonFiniteError", "Trainer"]
 class Trainer:
     def __init__(self, config: Config, *, models, optimizers: Optimizers, engine: RolloutEngine, data: TaskData,
                  decode: Decoder, scorer: Scorer, state: TrainState, shuffle_generator: torch.Generator,
-                 device: torch.device, pad_id: int, stop_ids: tuple[int, ...], correct_reward: float | None = None):
+                 device: torch.device, pad_id: int, stop_ids: tuple[int, ...], correct_reward: float | None = None,
+                 dist: DistContext = SINGLE):
         self.cfg, self.models, self.optimizers, self.engine = config, models, optimizers, engine
+        # Under torchrun each rank trains a contiguous slice of every step's prompts; the step's
+        # global row of this rank's local row 0 (see fastzero/distributed.py for the whole split).
+        self.dist, self.first_row = dist, 0
         self.data, self.decode, self.scorer, self.state = data, decode, scorer, state
         self.shuffle_generator, self.device, self.pad_id, self.stop_ids = shuffle_generator, device, pad_id, stop_ids
         self.timer = PhaseTimer(state.phase_seconds)
@@ -53,7 +71,7 @@ class Trainer:
         return cls(run.config, models=run.models, optimizers=run.optimizers, engine=run.engine, data=run.data,
                    decode=run.decode_responses, scorer=run.scorer, state=run.state,
                    shuffle_generator=run.shuffle_generator, device=run.device, pad_id=run.pad_id,
-                   stop_ids=run.stop_ids, correct_reward=run.scorer.correct_reward)
+                   stop_ids=run.stop_ids, correct_reward=run.scorer.correct_reward, dist=run.dist)
 
     # ---- one RL step -----------------------------------------------------------------------------
     def step(self, step: int) -> tuple[dict[str, float], Episodes]:
@@ -73,9 +91,7 @@ class Trainer:
         with self.timer.phase("logprobs"):
             old_logp, ref_logp, old_values = self.score_tokens(batch, carries_gradient)
         kl = (old_logp - ref_logp) * batch.response_mask if ref_logp is not None else None
-        advantages, returns = compute_advantages(
-            a.estimator, scores.to(self.device), batch.response_mask, group_size=r.samples_per_prompt,
-            gamma=a.gamma, lam=a.lam, values=old_values, kl=kl, kl_coef=a.kl_coef if a.kl_in_reward else 0.0)
+        advantages, returns = self.advantages(scores.to(self.device), batch.response_mask, old_values, kl)
 
         try:
             with self.timer.phase("update"), self.engine.memory_released():
@@ -84,33 +100,73 @@ class Trainer:
             with self.timer.phase("sync"):
                 self.engine.update_weights(self.models.weights_for(self.engine))  # LoRA: merged for SGLang
 
-        self.state.tokens += int(batch.attention_mask.sum())
+        tokens = int(batch.attention_mask.sum())
+        kl_ref = float(kl.sum() / batch.response_mask.sum().clamp(min=1)) if kl is not None else None
+        failures = episodes.reward_failures
         task_scores = torch.tensor(sample.generated_scores)  # every response generated this step
+        trained_rows = len(episodes)
+        if self.dist.enabled:  # the step's numbers over all ranks' rows
+            task_scores = all_gather_rows(task_scores, self.dist)
+            sums = reduce_sums({"generated": generated, "tokens": tokens, "rows": trained_rows,
+                                "kl": float(kl.sum()) if kl is not None else 0.0}, self.dist)
+            generated, tokens, trained_rows = int(sums["generated"]), int(sums["tokens"]), int(sums["rows"])
+            kl_ref = sums["kl"] / max(1, generated) if kl is not None else None
+            failures = {key: int(value) for key, value in reduce_sums(failures, self.dist).items()}
+        self.state.tokens += tokens
         correct = (task_scores >= self.correct_reward).float()
         row = {
             "step": step,
             "reward/mean": float(task_scores.mean()),
             "accuracy/train": float(correct.mean()),
-            "response/length": generated / max(1, len(episodes)),
+            "response/length": generated / max(1, trained_rows),
             "groups/zero_variance": _zero_variance_share(task_scores, r.samples_per_prompt),
-            **episodes.reward_failures,
+            **failures,
             **sample.stats,
             **stats,
         }
         if r.mask_truncated or r.overlong_buffer:
             row["overlong/truncated_share"] = float(batch.truncated.float().mean())
-        if kl is not None:
-            row["kl/ref"] = float(kl.sum() / batch.response_mask.sum().clamp(min=1))
+        if kl_ref is not None:
+            row["kl/ref"] = kl_ref
         return row, episodes
 
     def sample_round(self, count: int) -> Episodes:
         """Generate and score samples_per_prompt responses for each of the next `count` prompts."""
         r = self.cfg.rollout
         problems = self.data.next_batch(count)
+        if self.dist.enabled:  # this rank's share of the prompts (whole groups)
+            share = prompt_slice(len(problems), self.dist)
+            problems, self.first_row = problems[share], share.start * r.samples_per_prompt
         params = SamplingParams(n=r.samples_per_prompt, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
                                 top_p=r.top_p, top_k=r.top_k, stop_token_ids=self.stop_ids)
         return sample_episodes(self.engine, [self.data.prompt_ids(p) for p in problems], problems, params,
                                decode=self.decode, scorer=self.scorer, phase=self.timer.phase)
+
+    def advantages(self, scores, response_mask, values, kl):
+        """compute_advantages on this rank's rows. Group methods need only whole groups (a rank has
+        them); token methods whiten over the whole batch, so under torchrun they run on all ranks'
+        rows (gathered, padded as one process pads them) and keep this rank's."""
+        a, r = self.cfg.algorithm, self.cfg.rollout
+        options = dict(group_size=r.samples_per_prompt, gamma=a.gamma, lam=a.lam,
+                       kl_coef=a.kl_coef if a.kl_in_reward else 0.0)
+        if not self.dist.enabled or a.estimator in GROUP_METHODS:
+            return compute_advantages(a.estimator, scores, response_mask, values=values, kl=kl, **options)
+        rows, width = response_mask.shape
+        present = [t for t in (values, kl) if t is not None]
+        mask_all, *rest = gather_padded_rows([response_mask, *present], self.dist)
+        values_all = rest.pop(0) if values is not None else None
+        kl_all = rest.pop(0) if kl is not None else None
+        advantages, returns = compute_advantages(a.estimator, all_gather_rows(scores, self.dist), mask_all,
+                                                 values=values_all, kl=kl_all, **options)
+        mine = slice(self.first_row, self.first_row + rows)
+        return advantages[mine, :width], returns[mine, :width] if returns is not None else None
+
+    def equalized(self, groups: list[torch.Tensor]) -> list[tuple[torch.Tensor, bool]]:
+        """(rows, is_padding) per micro-batch. Under torchrun every rank must run as many forwards
+        and backwards as the others (each is a collective under FSDP): a rank with fewer
+        micro-batches runs padding ones on its row 0 whose results are dropped (weight 0)."""
+        count = all_reduce_max(len(groups), self.dist)
+        return [(rows, False) for rows in groups] + [(torch.zeros(1, dtype=torch.long), True)] * (count - len(groups))
 
     def rows_with_gradient(self, scores: torch.Tensor, batch: SequenceBatch) -> torch.Tensor:
         """[B] bool (CPU): the sequences whose loss has a non-zero gradient.
@@ -137,17 +193,25 @@ class Trainer:
         ref = torch.zeros_like(old) if models.reference is not None else None
         values = torch.zeros_like(old) if models.critic is not None else None
         rows_needed = torch.arange(len(batch))[carries_gradient]
-        for rows in microbatches(rows_needed, batch.lengths, self.cfg.algorithm.micro_batch_tokens):
+        for rows, padding in self.equalized(microbatches(rows_needed, batch.lengths,
+                                                         self.cfg.algorithm.micro_batch_tokens)):
             mb = batch.select(rows)
             width = mb.input_ids.shape[1]
-            old[rows, :width] = sequence_logprobs(models.policy, mb.input_ids, mb.attention_mask,
-                                                  mb.response_mask, temperature=temperature)
+            logp = sequence_logprobs(models.policy, mb.input_ids, mb.attention_mask, mb.response_mask,
+                                     temperature=temperature)
+            ref_logp = None
             if ref is not None:
                 with models.reference_scope():  # LoRA: the policy with its adapters disabled
-                    ref[rows, :width] = sequence_logprobs(models.reference, mb.input_ids, mb.attention_mask,
-                                                          mb.response_mask, temperature=temperature)
+                    ref_logp = sequence_logprobs(models.reference, mb.input_ids, mb.attention_mask, mb.response_mask,
+                                                 temperature=temperature)
+            value = _shifted_values(models.critic, mb) * mb.response_mask if values is not None else None
+            if padding:
+                continue
+            old[rows, :width] = logp
+            if ref is not None:
+                ref[rows, :width] = ref_logp
             if values is not None:
-                values[rows, :width] = _shifted_values(models.critic, mb) * mb.response_mask
+                values[rows, :width] = value
         return old, ref, values
 
     def update(self, batch, old_logp, ref_logp, advantages, old_values, returns, carries_gradient) -> dict[str, float]:
@@ -155,10 +219,18 @@ class Trainer:
         kl_in_loss = ref_logp is not None and not a.kl_in_reward and a.kl_coef > 0
         totals: dict[str, float] = {}
         updates = 0
+        dist = self.dist
+        # Mini-batches are sets of global rows, drawn alike on every rank (see fastzero/distributed.py).
+        n_rows = self.cfg.rollout.prompts_per_step * self.cfg.rollout.samples_per_prompt if dist.enabled else len(batch)
         for _ in range(a.ppo_epochs):
-            for mini in minibatches(len(batch), a.mini_batch_size, self.shuffle_generator):
+            for mini in minibatches(n_rows, a.mini_batch_size, self.shuffle_generator):
+                if dist.enabled:
+                    mini = local_rows(mini, self.first_row, self.first_row + len(batch))
                 trained = mini[carries_gradient[mini]]
-                if len(trained) == 0:  # no sequence in this mini-batch carries a gradient
+                if dist.enabled:  # skip only if no rank trains a row of this mini-batch
+                    if int(all_reduce_sum(torch.tensor(len(trained)), dist)) == 0:
+                        continue
+                elif len(trained) == 0:  # no sequence in this mini-batch carries a gradient
                     continue
                 self.optimizers.zero_grad()
                 mini_stats = self.accumulate_gradients(batch, mini, trained, old_logp, advantages,
@@ -169,6 +241,12 @@ class Trainer:
                     totals[key] = totals.get(key, 0.0) + value
                 updates += 1
         skipped = float((~carries_gradient).float().mean())
+        if dist.enabled:
+            norm = totals.pop("grad_norm", None)  # already global: the same on every rank
+            totals = reduce_sums({**totals, "skipped_rows": float((~carries_gradient).sum())}, dist)
+            skipped = totals.pop("skipped_rows") / n_rows
+            if norm is not None:
+                totals["grad_norm"] = norm
         return {"update/skipped_rows": skipped, **{key: value / max(1, updates) for key, value in totals.items()}}
 
     def accumulate_gradients(self, batch: SequenceBatch, mini: torch.Tensor, trained: torch.Tensor, old_logp,
@@ -181,16 +259,22 @@ class Trainer:
         gradient) is split. The critic's loss is a token mean over the mini-batch the same way, and
         the stats are token means over the mini-batch (skipped rows count as zeros).
         """
-        a, critic = self.cfg.algorithm, self.models.critic
+        a, critic, dist = self.cfg.algorithm, self.models.critic, self.dist
+        # Under torchrun `mini` holds this rank's rows of the global mini-batch and the weights are
+        # the global mini-batch's (global_token_weights: the same floats one process computes).
+        weigh = (lambda mask, agg, norm_len=None: global_token_weights(mask, agg, norm_len, dist)) if dist.enabled \
+            else token_weights
         mini_mask = batch.response_mask[mini]
         loss_weight = torch.zeros_like(batch.response_mask)
-        loss_weight[mini] = token_weights(mini_mask, a.loss_agg, self.cfg.rollout.max_new_tokens)
+        loss_weight[mini] = weigh(mini_mask, a.loss_agg, self.cfg.rollout.max_new_tokens)
         token_mean = loss_weight
         if a.loss_agg != "token-mean":
             token_mean = torch.zeros_like(batch.response_mask)
-            token_mean[mini] = token_weights(mini_mask, "token-mean")
+            token_mean[mini] = weigh(mini_mask, "token-mean")
         mini_stats: dict[str, float] = {}
-        for rows in microbatches(trained, batch.lengths, a.micro_batch_tokens):
+        for rows, padding in self.equalized(microbatches(trained, batch.lengths, a.micro_batch_tokens)):
+            if padding:  # a forward and backward that only keeps the ranks in step: weight 0
+                loss_weight, token_mean = torch.zeros_like(loss_weight), torch.zeros_like(token_mean)
             mb = batch.select(rows)
             width = mb.input_ids.shape[1]
             total, stats = self.policy_loss(mb, old_logp[rows, :width], advantages[rows, :width],
@@ -204,7 +288,12 @@ class Trainer:
                                             mb.response_mask, a.value_clip, token_weight=token_mean[rows, :width])
                 total = total + v_loss
                 stats.update({"critic/loss": float(v_loss.detach()), "critic/clip_frac": v_clip * share})
-            if not torch.isfinite(total):
+            if dist.enabled:
+                # No per-rank loss check (a rank raising alone would leave the others waiting in a
+                # collective): a non-finite loss makes the global gradient norm non-finite, which
+                # every rank sees. FSDP averages gradients over ranks: scale back to the sum.
+                total = total * grad_scale(dist)
+            elif not torch.isfinite(total):
                 raise NonFiniteError("loss")
             total.backward()
             for key, value in stats.items():
@@ -246,12 +335,18 @@ class Trainer:
         """Greedy decoding on the held-out split: exact-answer accuracy and mean reward, separately."""
         with self.timer.phase("eval"):
             problems = self.data.test
+            if self.dist.enabled:  # each rank evaluates a slice; the scores are gathered in order
+                problems = problems[prompt_slice(len(problems), self.dist)]
             params = SamplingParams(n=1, max_new_tokens=self.cfg.rollout.max_new_tokens, temperature=0.0,
                                     stop_token_ids=self.stop_ids)
             episodes = sample_episodes(self.engine, [self.data.prompt_ids(p) for p in problems], problems, params,
                                        decode=self.decode, scorer=self.scorer)
-        failures = {"eval/" + name.replace("/", "_"): count for name, count in episodes.reward_failures.items()}
-        return {**held_out_result(episodes.scores, self.correct_reward), **failures}
+        scores, failures = episodes.scores, episodes.reward_failures
+        if self.dist.enabled:  # each rank scored its slice: gather the scores in order, sum the failures
+            scores = [score for part in all_gather_object(scores, self.dist) for score in part]
+            failures = {key: int(value) for key, value in reduce_sums(failures, self.dist).items()}
+        failures = {"eval/" + name.replace("/", "_"): count for name, count in failures.items()}
+        return {**held_out_result(scores, self.correct_reward), **failures}
 
 
 def held_out_result(scores: list[float], correct_reward: float) -> dict[str, Any]:

@@ -84,6 +84,7 @@ def test_main_reports_errors_before_work(capsys, tmp_path):
     used = tmp_path / "used"
     used.mkdir()
     (used / "metrics.jsonl").write_text('{"step": 0}\n')
+    (used / "config.json").write_text(json.dumps(C.Config().to_dict()))  # a run's directory
     assert main(["--output-dir", str(used)]) == 2
     assert "--resume" in capsys.readouterr().err
     assert (used / "metrics.jsonl").read_text() == '{"step": 0}\n'  # nothing overwritten

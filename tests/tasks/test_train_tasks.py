@@ -96,15 +96,17 @@ def test_hostile_reward_cannot_stall_a_step(tmp_path):
     assert rows[-1]["eval/reward_timeouts"] == SEQUENCES and rows[-1]["eval/accuracy"] == 0.0
 
 
-def test_stalled_reward_stops_with_a_checkpoint(tmp_path, monkeypatch, capsys):
+def test_stalled_reward_stops_keeping_the_last_checkpoint(tmp_path, monkeypatch, capsys):
+    """The stall is mid-step (data and RNGs already moved on): that step is not saved, the last
+    checkpoint is kept (a step-1 save of a half step 2 would resume differently)."""
     monkeypatch.setenv("FASTZERO_TEST_HANG_FLAG", str(tmp_path / "hang"))
     out = tmp_path / "run"
     args = ["--reward", "tests.tasks.hostile_rewards:hang_from_third_call", "--reward-workers", "1",
-            "--reward-timeout", "0.5", "--reward-stall-seconds", "1.5", "--save-every", "0"]
+            "--reward-timeout", "0.5", "--reward-stall-seconds", "1.5", "--save-every", "1"]
     assert main(SMALL + args + ["--output-dir", str(out)]) == 1
     err = capsys.readouterr().err
-    assert "--reward-stall-seconds" in err and "checkpoint saved at step 1" in err
-    assert (out / "checkpoints" / "step-000001").is_dir()
+    assert "--reward-stall-seconds" in err and "kept the checkpoint of step 1" in err
+    assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-000001"]
 
 
 @pytest.mark.parametrize("args,message", [

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
+import math
 import re
 import sys
 import time
@@ -28,7 +28,9 @@ from fastzero.tasks.countdown.problems import (
     read_problems,
     save_problems,
 )
+from fastzero.tasks.countdown.pace import GenerationTooSlow, Pace
 from fastzero.tasks.countdown.prompts import render_prompt
+from fastzero.writable import why_not_writable
 
 RANGE_OPTIONS = ("min_numbers", "max_numbers", "min_value", "max_value", "min_target", "max_target")
 
@@ -40,6 +42,23 @@ def _non_negative(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
     return value
 
 
@@ -70,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"{name.split('_')[0]}imum {what}, inclusive (default {getattr(defaults, name)})")
     gen.add_argument("--test-n", type=_non_negative, help="also write a test set this big, disjoint from train")
     gen.add_argument("--test-out", type=_problem_file, help="where the test set goes")
+    gen.add_argument("--max-minutes", type=_positive, default=10.0,
+                     help="give up early when the acceptance rate says generation would take longer (default 10)")
 
     solve = commands.add_parser("solve", help="print one expression that reaches the target")
     solve.add_argument("numbers", type=_non_negative, nargs="+")
@@ -79,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("response", help='the model\'s text, e.g. "<answer>12+7+3</answer>"')
     score.add_argument("--numbers", type=_non_negative, nargs="+", required=True)
     score.add_argument("--target", type=_non_negative, required=True)
-    score.add_argument("--format-score", type=float, default=0.1)
-    score.add_argument("--correct-score", type=float, default=1.0)
+    score.add_argument("--format-score", type=_finite, default=0.1, help="reward of a tagged wrong answer (default 0.1)")
+    score.add_argument("--correct-score", type=_finite, default=1.0, help="reward of a correct answer (default 1.0)")
 
     show = commands.add_parser("show", help="summarize a problem file and print its first prompts")
     show.add_argument("path", type=_problem_file)
@@ -102,7 +123,7 @@ def _check_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     if args.test_out is not None and args.test_out.resolve() == args.out.resolve():
         parser.error("--test-out must differ from --out")
     for option, path in (("--out", args.out), ("--test-out", args.test_out)):
-        if path is not None and (problem := _unwritable(path)):
+        if path is not None and (problem := why_not_writable(path)):
             parser.error(f"{option}: {problem}")  # now, not after minutes of generation
     wanted = args.n + (args.test_n or 0)
     if wanted > ranges.capacity():
@@ -111,18 +132,6 @@ def _check_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -
             f"distinct problems these ranges hold; widen --max-value/--max-target"
         )
     return ranges
-
-
-def _unwritable(path: Path) -> str | None:
-    """Why `path` could not be written (its folders are created if missing), or None."""
-    if path.is_dir():
-        return f"{path} is a folder"
-    folder = path.resolve().parent
-    while not folder.exists():
-        folder = folder.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        return f"cannot write under {folder}"
-    return None
 
 
 def _size_summary(problems: list[Problem]) -> str:
@@ -134,21 +143,33 @@ def _size_summary(problems: list[Problem]) -> str:
 def _generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     ranges = _check_generate(parser, args)
     options = {name: getattr(args, name) for name in RANGE_OPTIONS}
+    pace = Pace(60 * args.max_minutes, report=lambda line: print(line, file=sys.stderr, flush=True))
     start = time.perf_counter()
     try:
         if args.test_n is not None:
-            train, test = generate_splits(args.n, args.test_n, seed=args.seed, **options)
+            train, test = generate_splits(args.n, args.test_n, seed=args.seed, pace=pace, **options)
         else:
-            train, test = generate_problems(args.n, seed=args.seed, **options), None
+            train, test = generate_problems(args.n, seed=args.seed, pace=pace, **options), None
+    except GenerationTooSlow as e:
+        print(f"error: {_as_option_names(str(e))}; or allow more time with --max-minutes", file=sys.stderr)
+        return 1
     except (ValueError, RuntimeError) as e:
         print(f"error: {_as_option_names(str(e))}", file=sys.stderr)
         return 1
     seconds = time.perf_counter() - start
-    save_problems(train, args.out)
-    print(f"train: {len(train)} problems -> {args.out}  [{_size_summary(train)}]")
-    if test is not None:
-        save_problems(test, args.test_out)
-        print(f"test:  {len(test)} problems -> {args.test_out}  [{_size_summary(test)}]")
+    written = []
+    outputs = (("train:", "--out", train, args.out), ("test: ", "--test-out", test, args.test_out))
+    for label, option, problems, path in outputs:
+        if problems is None:
+            continue
+        try:
+            save_problems(problems, path)
+        except OSError as e:  # e.g. the disk filled up: the write is atomic, so no partial file is left
+            kept = f"; {written[0]} was written" if written else ""
+            print(f"error: {option}: could not write {path}: {e.strerror or e}{kept}", file=sys.stderr)
+            return 2
+        written.append(str(path))
+        print(f"{label} {len(problems)} problems -> {path}  [{_size_summary(problems)}]")
     made = len(train) + len(test or [])
     print(
         f"values {ranges.min_value}..{ranges.max_value}, targets {ranges.min_target}..{ranges.max_target}, "
@@ -178,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "score":
         problem = _one_problem(parser, args.numbers, args.target)
+        if not 0 <= args.format_score < args.correct_score:  # the trainer's rule: a correct answer pays most
+            parser.error(f"--format-score ({args.format_score}) must be >= 0 and below --correct-score "
+                         f"({args.correct_score})")
         from fastzero.tasks.countdown.verifier import score
 
         print(score(args.response, list(problem.numbers), problem.target,

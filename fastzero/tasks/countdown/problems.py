@@ -17,7 +17,9 @@ Generation (`generate_problems`), and why it samples this way:
   candidates in threaded batches without changing the result, and a smaller n is a prefix of a
   larger one.
 - Bounded: asking for more than the ranges hold fails before any work; once every key of a size
-  has been tried, or after `100 * count + 100_000` draws of a size, it fails saying how far it got.
+  has been tried, or after `100 * count + 100_000` draws of a size, it fails saying how far it got;
+  with a `Pace` (pace.py) it reports progress and stops as soon as the acceptance rate puts the
+  count out of reach of its time limit.
 Dropped on purpose: weighted size mixes; unfiltered draws (TinyZero keeps unsolvable ones).
 
 Files: rows are `{"numbers": [...], "target": N}` (our .jsonl/.parquet); TinyZero's prepared rows
@@ -35,6 +37,7 @@ import math
 import numbers as _numbers
 import os
 import random
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -45,12 +48,14 @@ from fastzero.atomic import atomic_file
 
 from ..base import LoadReport
 from ..rows import FILE_SUFFIXES, read_file
+from .pace import Pace
 
 log = logging.getLogger(__name__)
 
 MAX_NUMBERS = 6  # the C++ solver is exhaustive up to this many numbers
 MAX_VALUE = 10**9  # numbers and targets; the solver's exact rationals stay below 2**62
 Key = tuple[tuple[int, ...], int]
+_BATCH_SECONDS = 1.0  # solver time per batch of candidates (wall time, all threads)
 
 
 def problem_key(numbers: Sequence[int], target: int) -> Key:
@@ -166,8 +171,10 @@ def generate_problems(
     min_target: int = 1,
     max_target: int = 99,
     exclude: Iterable[Problem | Key] = (),
+    pace: Pace | None = None,
 ) -> list[Problem]:
     """`n` distinct solvable problems drawn from `seed`; see the module docstring for how.
+    `pace` (see pace.py) reports progress and gives up early when the count is out of reach.
 
     The sizes of the n problems come from one stream and each size's candidates from a stream of
     its own, so the result does not depend on how candidates are batched for the solver, and a
@@ -200,7 +207,7 @@ def generate_problems(
         for k in sizes:
             if needed[k]:
                 rng = random.Random(f"countdown/{seed}/size-{k}")
-                streams[k] = iter(_sample_size(k, needed[k], rng, ranges, excluded, check))
+                streams[k] = iter(_sample_size(k, needed[k], rng, ranges, excluded, check, pace))
     return [next(streams[k]) for k in slot_sizes]
 
 
@@ -232,7 +239,7 @@ def _excluded_codes(k: int, excluded: set[Key], ranges: Ranges) -> set:
 
 
 def _sample_size(
-    k: int, count: int, rng: random.Random, ranges: Ranges, excluded: set[Key], check
+    k: int, count: int, rng: random.Random, ranges: Ranges, excluded: set[Key], check, pace: Pace | None
 ) -> list[Problem]:
     """The first `count` distinct, solvable, non-excluded problems in size k's candidate stream."""
     n_values = ranges.max_value - ranges.min_value + 1
@@ -241,12 +248,18 @@ def _sample_size(
     excluded_k = _excluded_codes(k, excluded, ranges)
     tried: set = set()  # ids of every key drawn: once all of size k's are tried, more is futile
     out: list[Problem] = []
-    draws = 0
+    draws, started = 0, time.monotonic()
+    if pace is not None:
+        pace.begin(k, count)
     while len(out) < count:
         # Each candidate takes k + 1 uniform floats, so the stream is the same whatever the batch
-        # size; batches grow with what is still missing over the acceptance rate seen so far.
+        # size; batches grow with what is still missing over the acceptance rate seen so far, and
+        # are cut to about a second of solver time (6-number draws can take 50 ms each), so progress
+        # is seen and a hopeless request stops early.
         rate = (len(out) + 1) / (draws + 2)
         batch = min(8192, max(32, int(1.2 * (count - len(out)) / rate)))
+        per_draw = (time.monotonic() - started) / draws if draws else None
+        batch = min(batch, 64 if per_draw is None else max(32, int(_BATCH_SECONDS / max(per_draw, 1e-9))))
         uniforms = np.array([rng.random() for _ in range(batch * (k + 1))]).reshape(batch, k + 1)
         values = ranges.min_value + np.floor(uniforms[:, :k] * n_values).astype(np.int64)  # = int(u * n)
         targets = ranges.min_target + np.floor(uniforms[:, k] * n_targets).astype(np.int64)
@@ -262,6 +275,8 @@ def _sample_size(
         out.extend(Problem(tuple(nums), target) for (nums, target), ok in zip(candidates, flags) if ok)
         if len(out) >= count:
             break
+        if pace is not None:
+            pace.update(len(out), draws)
         if len(tried) == space:
             raise ValueError(
                 f"cannot make {count} problems with {k} numbers (sizes are drawn evenly from "
@@ -277,13 +292,13 @@ def _sample_size(
 
 
 def generate_splits(
-    n_train: int, n_test: int, *, seed: int, **ranges: int
+    n_train: int, n_test: int, *, seed: int, pace: Pace | None = None, **ranges: int
 ) -> tuple[list[Problem], list[Problem]]:
     """(train, test) with no shared problem key. Test is drawn first, with `seed`, so it does not
     depend on `n_train` (evaluations stay comparable as train grows); train uses `seed + 1` and
     excludes every test key."""
-    test = generate_problems(n_test, seed=seed, **ranges)
-    train = generate_problems(n_train, seed=int(seed) + 1, exclude=test, **ranges)
+    test = generate_problems(n_test, seed=seed, pace=pace, **ranges)
+    train = generate_problems(n_train, seed=int(seed) + 1, exclude=test, pace=pace, **ranges)
     return train, test
 
 

@@ -1,0 +1,88 @@
+"""Ctrl-C and SIGTERM that stop a run only where its state is consistent.
+
+A Python signal handler runs between two bytecodes, wherever the main thread is: in the middle of
+an optimizer step, between advancing the data position and using it, inside a checkpoint write.
+Saving the state found there mixes two steps. So while a step runs (`with interrupts.step():`), the first
+SIGINT/SIGTERM only records the request and the step finishes (with its evaluation, log line and
+any periodic save); the loop then raises `StopRequested` at the top of the next step, where the
+state is exactly that of a completed step and may be saved. A second signal during a step stops at
+once with `StepAborted`: that step is discarded and nothing is saved (the last checkpoint stands).
+Outside a step (start-up, the first evaluation, the final save) a signal raises KeyboardInterrupt
+at once: there is either nothing new to save or only a consistent state.
+
+Both signals are treated alike (exit status 130 either way): SIGTERM is what schedulers and
+`timeout` send, and it deserves the same clean stop as Ctrl-C.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+EXIT_CODE = 130
+
+
+class StopRequested(KeyboardInterrupt):
+    """Raised between steps after a deferred signal: the state is that of a completed step."""
+
+
+class StepAborted(KeyboardInterrupt):
+    """Raised by a second signal during a step: the step is incomplete and must not be saved."""
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class Interrupts:
+    """SIGINT/SIGTERM handling for one run (main thread only)."""
+
+    def __init__(self, say: Callable[[str], None] = _stderr):
+        self.say = say
+        self.pending: int | None = None  # the signal received during a step, if any
+        self._in_step = False
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> None:
+        for signum in SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def uninstall(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    @contextmanager
+    def installed(self) -> Iterator["Interrupts"]:
+        self.install()
+        try:
+            yield self
+        finally:
+            self.uninstall()
+
+    def _handle(self, signum: int, frame) -> None:
+        name = signal.Signals(signum).name
+        if not self._in_step:
+            raise KeyboardInterrupt(name)
+        if self.pending is None:
+            self.pending = signum
+            self.say(f"\n{name}: finishing this step, then saving a checkpoint and stopping "
+                     "(send it again to stop at once; this step is then not saved)")
+            return
+        raise StepAborted(name)
+
+    @contextmanager
+    def step(self) -> Iterator[None]:
+        """One step (its evaluation and saves included): a first signal waits for its end."""
+        self._in_step = True
+        try:
+            yield
+        finally:
+            self._in_step = False
+
+    def check(self) -> None:
+        """Between steps: raise StopRequested if a signal arrived during the last one."""
+        if self.pending is not None:
+            raise StopRequested(signal.Signals(self.pending).name)
