@@ -58,6 +58,8 @@ class ModelConfig:
     lora_targets: str = opt("q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
                             "comma-separated module names that get LoRA adapters (never lm_head or embed_tokens)")
     lora_save_merged: bool = opt(False, "also write the merged (base + adapter) model into final/ besides final/adapter/")
+    save_dtype: str = opt("auto", "dtype of final/: auto = the source checkpoint's (a bf16 model trained in fp32 "
+                                  "on CPU is saved as bf16)", ("auto", "float32", "bfloat16"))
 
 
 @dataclass
@@ -164,6 +166,9 @@ class RunConfig:
                                               "summary.json reports the steps, wall time and $ it took")
     max_cost_usd: float | None = opt(None, "stop with a checkpoint before the run's cost (--price-per-hour) passes this")
     max_device_hours: float | None = opt(None, "stop with a checkpoint before the run's device-hours pass this")
+    plan: bool = opt(False, "print the per-GPU memory plan and exit, before loading anything")
+    device_memory_gb: float = opt(0.0, "device memory the plan is checked against (0 = the GPU's own; "
+                                       "none on CPU); a run whose plan does not fit stops before loading")
     dist_timeout: float = opt(600.0, "torchrun runs: seconds a collective waits for the other ranks before the job fails")
     fsdp_offload: bool = opt(False, "torchrun runs: keep sharded weights, gradients and optimizer state in CPU memory")
 
@@ -473,6 +478,7 @@ def validate(config: Config) -> None:
     need(o.grad_clip >= 0, "grad_clip", "must be >= 0")
     need(run.time_limit_minutes >= 0, "time_limit_minutes", "must be >= 0")
     need(run.price_per_hour >= 0, "price_per_hour", "must be >= 0")
+    need(run.device_memory_gb >= 0, "device_memory_gb", "must be >= 0")
     need(run.dist_timeout > 0, "dist_timeout", "must be > 0 seconds")
     validate_extensions(config, need)
     sequences = r.prompts_per_step * r.samples_per_prompt

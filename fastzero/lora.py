@@ -69,7 +69,7 @@ class LoraAdapters:
     def save_adapter(self, folder: str) -> None:
         self.peft_model.save_pretrained(folder)
 
-    def save_merged(self, folder: str) -> None:
+    def save_merged(self, folder: str, save) -> None:
         """A plain transformers model directory of base + adapter (the policy itself is left as it is)."""
         config = self.model.config
         with torch.device("meta"):  # no random init, no second allocation: the merged tensors are assigned
@@ -82,17 +82,20 @@ class LoraAdapters:
         if untouched:
             plain.tie_weights()
         plain.generation_config = self.model.generation_config
-        plain.save_pretrained(folder)
+        save(plain, folder)
 
 
-def save_final_policy(policy: nn.Module, lora: LoraAdapters | None, folder: str, *, merged: bool) -> None:
-    """final/: the model (full fine-tuning), or the adapter in adapter/ (and the merged model on request)."""
+def save_final_policy(policy: nn.Module, lora: LoraAdapters | None, folder: str, *, merged: bool,
+                      save=None) -> None:
+    """final/: the model (full fine-tuning), or the adapter in adapter/ (and the merged model on
+    request); `save(model, folder)` writes a full model (default: save_pretrained)."""
+    save = save or (lambda model, where: model.save_pretrained(where))
     if lora is None:
-        policy.save_pretrained(folder)
+        save(policy, folder)
         return
     lora.save_adapter(os.path.join(folder, "adapter"))
     if merged:
-        lora.save_merged(folder)
+        lora.save_merged(folder, save)
 
 
 def add_adapters(policy: nn.Module, cfg: ModelConfig) -> LoraAdapters:

@@ -138,6 +138,40 @@ def load_causal_lm(path: str | os.PathLike, *, dtype: str | torch.dtype = "auto"
     return _finish(model, backends, gradient_checkpointing), backends
 
 
+def saved_dtype(choice: str, model_dir: str | os.PathLike) -> torch.dtype | None:
+    """--save-dtype: auto = the dtype the source checkpoint's config.json names (None if it names none)."""
+    if choice != "auto":
+        return getattr(torch, choice)
+    import json
+
+    with open(Path(model_dir) / "config.json", encoding="utf-8") as fh:
+        config = json.load(fh)
+    name = config.get("dtype") or config.get("torch_dtype")
+    return getattr(torch, name) if isinstance(name, str) and isinstance(getattr(torch, name, None), torch.dtype) else None
+
+
+def save_model(model: nn.Module, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+    """save_pretrained, with floating-point weights cast to `dtype` (None: as they are in memory).
+
+    Each tensor is cast once and aliases keep sharing it, so tied embeddings are still saved once."""
+    if dtype is None or all(p.dtype == dtype for p in model.parameters() if p.is_floating_point()):
+        model.save_pretrained(directory)
+        return
+    cast: dict[int, torch.Tensor] = {}
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point():
+            tensor = cast.setdefault(tensor.data_ptr(), tensor.detach().to(dtype))
+        state[name] = tensor
+    model.save_pretrained(directory, state_dict=state)
+    import json
+
+    config_path = Path(directory) / "config.json"  # transformers writes the in-memory dtype there
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["dtype"] = str(dtype).removeprefix("torch.")
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 # ---- hidden states, LM head, packing ------------------------------------------------------------------
 
 

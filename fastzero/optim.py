@@ -1,9 +1,16 @@
 """The optimizers of a run and everything around their step: AdamW for the policy and (PPO) the
-critic, the linear warm-up, gradient clipping, the non-finite guard and zero-grad.
+critic, fp32 master weights for low-precision models, the linear warm-up, gradient clipping, the
+non-finite guard and zero-grad. The trainer only calls zero_grad() and step().
 
-This is the one owner of parameter updates, so it is where fp32 master weights for bf16 training
-belong (keep fp32 copies and optimizer state here, step them, copy back into the bf16 modules) and
-where a sharded (FSDP) model's optimizer is built. The trainer only calls zero_grad() and step().
+fp32 master weights. AdamW stepping bf16 weights directly loses every update below bf16's spacing
+(~1e-4 at a weight of 0.02, ~8e-3 at an RMSNorm weight of 1.0), so at the Qwen presets' lr 1e-6
+almost nothing would train. When a module's trainable parameters are bf16/fp16, the optimizer steps
+fp32 copies instead (fp32 moments too): step() moves each gradient into its master as fp32 (freeing
+the low-precision one), clips the fp32 norm, steps, and writes the masters back rounded to the
+module's dtype, which the forward, the rollout engine and the checkpoints' HF folders use. fp32
+modules (the CPU default) have no masters: AdamW steps the parameters themselves, exactly as before.
+Under FSDP2 with MixedPrecisionPolicy(param_dtype=bf16) the sharded parameters the optimizer sees
+are already fp32 (FSDP casts them for compute), so they get no second copy here either.
 """
 from __future__ import annotations
 
@@ -14,23 +21,81 @@ import torch
 
 from .config import OptimizerConfig
 
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
 
 class NonFiniteError(RuntimeError):
     """A loss or gradient was NaN/inf: the step is skipped (see the loop's --max-bad-steps)."""
 
 
-class Optimizers:
-    def __init__(self, cfg: OptimizerConfig, policy: torch.nn.Module, critic: torch.nn.Module | None = None):
-        self.cfg, self.policy_module, self.critic_module = cfg, policy, critic
-        trainable = [p for p in policy.parameters() if p.requires_grad]  # LoRA: the adapters only
-        self.policy = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.critic = (torch.optim.AdamW(critic.parameters(), lr=cfg.critic_lr, weight_decay=cfg.weight_decay)
-                       if critic is not None else None)
+class _Stepped:
+    """One module's AdamW over the tensors it steps: its parameters, or fp32 masters of them."""
+
+    def __init__(self, module: torch.nn.Module, lr: float, weight_decay: float):
+        self.module = module
+        self.params = [p for p in module.parameters() if p.requires_grad]  # LoRA: the adapters only
+        self.mixed = any(p.dtype in LOW_PRECISION for p in self.params if p.requires_grad)
+        self.masters = ([p.detach().float().clone().requires_grad_(p.requires_grad) for p in self.params]
+                        if self.mixed else self.params)
+        self.optimizer = torch.optim.AdamW(self.masters if self.mixed else self.params, lr=lr,
+                                           weight_decay=weight_decay)
 
     def zero_grad(self) -> None:
-        self.policy.zero_grad(set_to_none=True)
-        if self.critic is not None:
-            self.critic.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.mixed:
+            for p in self.params:
+                p.grad = None
+
+    def gradients_to_masters(self) -> list[torch.Tensor]:
+        """The tensors to clip and step: the module's own, or the masters with fp32 gradients."""
+        if self.mixed:
+            for p, master in zip(self.params, self.masters):
+                if p.grad is not None:
+                    master.grad = p.grad.float()
+                    p.grad = None  # one low-precision gradient at a time is freed as its copy is made
+        return [m for m in self.masters if m.grad is not None]
+
+    def step(self) -> None:
+        self.optimizer.step()
+        # Gradients are dead once stepped: freeing them here (not at the next zero_grad) gives their
+        # memory to the rollout and log-prob phases (fastzero.memory_plan counts them in the update only).
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.mixed:
+            with torch.no_grad():
+                for p, master in zip(self.params, self.masters):
+                    p.copy_(master)  # round to nearest in the module's dtype
+
+    def state_dict(self) -> dict[str, Any]:
+        out = self.optimizer.state_dict()
+        if self.mixed:  # resume needs the fp32 values; the HF folder holds them rounded
+            out = {**out, "fp32_masters": [m.detach().clone() for m in self.masters]}
+        return out
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        saved = dict(saved)
+        masters = saved.pop("fp32_masters", None)
+        if self.mixed:
+            if masters is None:  # a checkpoint from an fp32 run or an older version: start from the weights
+                masters = [p.detach().float() for p in self.params]
+            with torch.no_grad():
+                for master, value, p in zip(self.masters, masters, self.params):
+                    master.copy_(value)
+                    p.copy_(master)
+        self.optimizer.load_state_dict(saved)
+
+
+class Optimizers:
+    def __init__(self, cfg: OptimizerConfig, policy: torch.nn.Module, critic: torch.nn.Module | None = None):
+        self.cfg = cfg
+        self._policy = _Stepped(policy, cfg.lr, cfg.weight_decay)
+        self._critic = _Stepped(critic, cfg.critic_lr, cfg.weight_decay) if critic is not None else None
+        self.policy = self._policy.optimizer
+        self.critic = self._critic.optimizer if self._critic is not None else None
+
+    def zero_grad(self) -> None:
+        self._policy.zero_grad()
+        if self._critic is not None:
+            self._critic.zero_grad()
 
     def set_learning_rates(self, steps_done: int) -> None:
         """Linear warm-up over --warmup-steps optimizer steps, then constant."""
@@ -45,26 +110,30 @@ class Optimizers:
     def step(self, steps_done: int) -> float:
         """Clip the global gradient norm, refuse a non-finite one, step; returns the policy's norm."""
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
-        params = [p for p in self.policy_module.parameters() if p.grad is not None]
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        norm = torch.nn.utils.clip_grad_norm_(self._policy.gradients_to_masters(), max_norm)
         norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # sharded: a DTensor
         if not math.isfinite(norm):
             raise NonFiniteError("gradient")
         self.set_learning_rates(steps_done)
-        self.policy.step()
-        if self.critic is not None:
-            critic_params = [p for p in self.critic_module.parameters() if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(critic_params, max_norm)
-            self.critic.step()
+        self._policy.step()
+        if self._critic is not None:
+            torch.nn.utils.clip_grad_norm_(self._critic.gradients_to_masters(), max_norm)
+            self._critic.step()
         return norm
 
+    def stepped_weights(self, which: str = "policy") -> dict[str, torch.Tensor]:
+        """name -> the fp32 tensor AdamW steps (the master, or the fp32 parameter itself)."""
+        stepped = self._policy if which == "policy" else self._critic
+        names = [name for name, _ in stepped.module.named_parameters()]
+        return {name: m.detach().float() for name, m in zip(names, stepped.masters)}
+
     def state_dicts(self) -> dict[str, Any]:
-        out = {"policy": self.policy.state_dict()}
-        if self.critic is not None:
-            out["critic"] = self.critic.state_dict()
+        out = {"policy": self._policy.state_dict()}
+        if self._critic is not None:
+            out["critic"] = self._critic.state_dict()
         return out
 
     def load_state_dicts(self, saved: dict[str, Any]) -> None:
-        self.policy.load_state_dict(saved["policy"])
-        if self.critic is not None:
-            self.critic.load_state_dict(saved["critic"])
+        self._policy.load_state_dict(saved["policy"])
+        if self._critic is not None:
+            self._critic.load_state_dict(saved["critic"])

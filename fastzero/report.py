@@ -11,9 +11,11 @@ from typing import Any
 import torch
 
 from .atomic import atomic_directory, atomic_write_text
+from .config import resolve_model_path
 from .episodes import Episodes
 from .lora import save_final_policy
 from .metrics import ProgressBar, cost_summary, format_cost, plot_metrics
+from .model import save_model, saved_dtype
 from .stop_rules import format_target, summary_entries
 from .write_errors import as_os_error
 
@@ -66,7 +68,9 @@ def finish_run(run) -> dict[str, Any]:
             return {}
     else:
         with atomic_directory(os.path.join(run.output_dir, "final")) as staging, as_os_error(str(staging)):
-            save_final_policy(run.models.policy, run.models.lora, staging, merged=run.config.model.lora_save_merged)
+            save_final_policy(run.models.policy, run.models.lora, staging, merged=run.config.model.lora_save_merged,
+                              save=lambda model, folder: save_model(model, folder, saved_dtype(
+                                  run.config.model.save_dtype, resolve_model_path(run.config.model.model_path))))
             run.tokenizer.save_pretrained(staging)
     plot_metrics(run.metrics.rows, os.path.join(run.output_dir, "metrics.png"))
     wall = run.wall_seconds()

@@ -103,7 +103,8 @@ class Run:
         self.optimizers = Optimizers(cfg.optimizer, policy, critic)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.stop_ids = tuple(sorted(_stop_ids(policy, self.tokenizer)))
-        self.data = TaskData(cfg.data, self.tokenizer, seed=cfg.run.seed, log=self.say, task=self.task)
+        self.data = TaskData(cfg.data, self.tokenizer, seed=cfg.run.seed, log=self.say, task=self.task,
+                             cache_dir=os.path.join(output_dir, "data"))
         self.shuffle_generator = torch.Generator().manual_seed(cfg.run.seed + 17)
         self.engine = _make_engine(cfg, policy, model_path, backends.dtype, self.stop_ids, self.pad_id,
                                    seed=cfg.run.seed + self.dist.rank,  # each rank its own sampling stream

