@@ -30,12 +30,14 @@ from .tasks.sandbox import SandboxOptions
 from .tasks.spec import check_spec
 
 EMBEDDED_MODEL = "embedded:tiny-countdown"  # the tiny Qwen2 shipped in fastzero/assets/
+THINKING_MODEL = "embedded:tiny-countdown-think"  # its sibling that thinks before it answers
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
+_EMBEDDED = "embedded:"
 
 
 def resolve_model_path(path: str) -> str:
-    """The directory behind a --model-path value (the embedded model lives in the package)."""
-    return os.path.join(ASSETS, "tiny-countdown") if path == EMBEDDED_MODEL else path
+    """The directory behind a --model-path value (`embedded:NAME` is fastzero/assets/NAME)."""
+    return os.path.join(ASSETS, path[len(_EMBEDDED):]) if path.startswith(_EMBEDDED) else path
 
 
 def opt(default: Any, help: str, choices: tuple | None = None, *, option: str | None = None) -> Any:
@@ -313,9 +315,14 @@ _GSPO_VARIANT = dict(
     clip_low=3e-4, clip_high=4e-4, kl_coef=0.0, kl_in_reward=False, entropy_coef=0.0,
     loss_agg="seq-mean-token-mean",
 )
+_TINY_THINK = dict(  # the embedded thinking model: <think> candidates, then <answer> (fastzero/tiny/thinking.py)
+    model_path=THINKING_MODEL, max_new_tokens=64, lr=2e-4, temperature=0.7, kl_coef=0.05,  # KL keeps its arithmetic
+)
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny-cpu": {},  # the dataclass defaults
+    "tiny-cpu": {},  # the dataclass defaults: the embedded direct-answer model
+    "tiny-direct": {},  # the same, by what it runs
+    "tiny-think": {**_TINY_THINK},
     "qwen2.5-0.5b": {**_TINYZERO_PPO},
     "qwen2.5-1.5b": {**_TINYZERO_PPO},
     "qwen2.5-3b": {**_TINYZERO_PPO},

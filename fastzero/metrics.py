@@ -150,23 +150,45 @@ def _fmt_seconds(seconds: float) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}" if seconds < 3600 else f"{seconds // 3600}h{seconds % 3600 // 60:02d}"
 
 
+PLOT_PANELS = (  # (keys drawn together, title); a panel is drawn when the rows carry one of its keys
+    (("reward/mean",), "mean reward (train)"), (("eval/accuracy",), "held-out greedy accuracy"),
+    (("response/length", "eval/response/length"), "mean response length"), (("kl/ref",), "KL to reference"),
+    (("accuracy/train",), "train accuracy (sampled)"), (("entropy",), "entropy"),
+    # The R1-Zero signature (a task's response_metrics: Countdown's think blocks)
+    (("think/equations", "eval/think/equations"), "equations per response"),
+    (("think/search_success", "eval/think/search_success"), "search succeeded (share)"),
+    (("think/verified", "eval/think/verified"), "correct answers checked in think"),
+    (("think/arithmetic_right", "eval/think/arithmetic_right"), "think arithmetic right (share)"),
+)
+
+
 def plot_metrics(rows: list[dict[str, Any]], path: str) -> None:
-    """PNG of reward, accuracy, response length and KL over steps (whatever the rows carry)."""
+    """PNG of reward, accuracy, response length, KL and the think signature over steps (whatever the
+    rows carry): rollouts as lines, held-out evaluations as dots."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("reward/mean", "mean reward (train)"), ("eval/accuracy", "held-out greedy accuracy"),
-              ("response/length", "mean response length"), ("kl/ref", "KL to reference"),
-              ("accuracy/train", "train accuracy (sampled)"), ("entropy", "entropy")]
-    panels = [(k, t) for k, t in panels if any(k in r for r in rows)] or [("reward/mean", "mean reward")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
-    for ax, (key, title) in zip(axes[0], panels):
-        pts = [(r["step"], r[key]) for r in rows if key in r and r[key] is not None]
-        if pts:
-            xs, ys = zip(*pts)
-            ax.plot(xs, ys, marker="o" if key.startswith("eval/") else None, markersize=3)
+    panels = [(keys, t) for keys, t in PLOT_PANELS if any(k in r for r in rows for k in keys)]
+    panels = panels or [(("reward/mean",), "mean reward")]
+    columns = min(len(panels), 6)
+    lines = -(-len(panels) // columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(4 * columns, 3.2 * lines), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (keys, title) in zip(axes.flat, panels):
+        drawn = 0
+        for key in keys:
+            pts = [(r["step"], r[key]) for r in rows if key in r and r[key] is not None]
+            if pts:
+                xs, ys = zip(*pts)
+                held_out = key.startswith("eval/")
+                ax.plot(xs, ys, marker="o" if held_out else None, markersize=3,
+                        label="held-out" if held_out else "rollouts")
+                drawn += 1
+        if drawn > 1:
+            ax.legend(fontsize=7)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.grid(alpha=0.3)

@@ -121,6 +121,7 @@ class Trainer:
             "response/length": generated / max(1, trained_rows),
             "groups/zero_variance": _zero_variance_share(task_scores, r.samples_per_prompt),
             **failures,
+            **self.response_metrics(episodes),
             **sample.stats,
             **stats,
         }
@@ -346,7 +347,25 @@ class Trainer:
             scores = [score for part in all_gather_object(scores, self.dist) for score in part]
             failures = {key: int(value) for key, value in reduce_sums(failures, self.dist).items()}
         failures = {"eval/" + name.replace("/", "_"): count for name, count in failures.items()}
-        return {**held_out_result(scores, self.correct_reward), **failures}
+        signature = {"eval/" + name: value for name, value in self.response_metrics(episodes).items()}
+        if signature:  # a task that measures its responses (a thinking model): their length too
+            lengths = self._gathered([len(r) for r in episodes.response_ids])
+            signature["eval/response/length"] = sum(lengths) / max(1, len(lengths))
+        return {**held_out_result(scores, self.correct_reward), **failures, **signature}
+
+    def response_metrics(self, episodes: Episodes) -> dict[str, float]:
+        """The task's own measures of the responses (fastzero.tasks.base.Task.response_metrics), if any,
+        over every rank's responses."""
+        measure = getattr(getattr(self.scorer, "task", None), "response_metrics", None)
+        if measure is None:
+            return {}
+        return dict(measure(self._gathered(episodes.texts), self._gathered(episodes.problems)))
+
+    def _gathered(self, items: list) -> list:
+        """`items` of every rank, in rank order (this rank's alone when not distributed)."""
+        if not self.dist.enabled:
+            return list(items)
+        return [item for part in all_gather_object(items, self.dist) for item in part]
 
 
 def held_out_result(scores: list[float], correct_reward: float) -> dict[str, Any]:

@@ -60,3 +60,16 @@ def test_cost_summary_and_its_text():
     text = format_cost(summary)
     assert "rollout" in text and "$0.1000" in text
     assert cost_summary({}, wall_seconds=0.0, tokens=0, price_per_hour=0.0, device="cpu")["cost_usd"] is None
+
+
+def test_the_plot_draws_the_think_signature_beside_the_usual_panels(tmp_path):
+    from fastzero.metrics import PLOT_PANELS, plot_metrics
+
+    rows = [{"step": 0, "eval/accuracy": 0.1, "eval/think/equations": 2.0, "eval/response/length": 20.0}]
+    rows += [{"step": s, "reward/mean": 0.1 * s, "response/length": 20.0 + s, "think/equations": 2.0 + s / 10,
+              "think/search_success": 0.1, "think/verified": 0.5, "think/arithmetic_right": 0.9} for s in (1, 2, 3)]
+    path = tmp_path / "metrics.png"
+    plot_metrics(rows, str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    titles = [title for keys, title in PLOT_PANELS if any(k in r for r in rows for k in keys)]
+    assert "equations per response" in titles and "correct answers checked in think" in titles

@@ -154,3 +154,22 @@ def test_a_non_finite_step_still_gives_the_engine_its_memory_and_weights_back(gr
     with pytest.raises(NonFiniteError, match="loss"):
         trainer.step(1)
     assert engine.calls == ["release", "resume", "update_weights"]  # SGLang needs its weights back
+
+
+@pytest.mark.parametrize("preset", ["tiny-think", "tiny-direct"])
+def test_a_thinking_model_logs_its_signature_and_a_direct_one_does_not(tmp_path, preset):
+    run = _run(tmp_path, ["--preset", preset, "--max-new-tokens", "30"])
+    trainer = Trainer.from_run(run)
+    row, episodes = trainer.step(1)
+    result = trainer.evaluate()
+    signature = {"think/has_think", "think/equations", "think/search_success"}
+    if preset == "tiny-think":
+        assert signature <= row.keys() and {"eval/" + k for k in signature} <= result.keys()
+        assert row["think/has_think"] > 0 and result["eval/response/length"] > 0
+        from fastzero.tasks.countdown.traces import trace_metrics
+
+        expected = trace_metrics(episodes.texts, [p.numbers for p in episodes.problems],
+                                 [p.target for p in episodes.problems])
+        assert {k: row[k] for k in expected} == expected  # the step's own responses, measured as they are
+    else:
+        assert not [k for k in {**row, **result} if "think/" in k or k == "eval/response/length"]

@@ -11,7 +11,9 @@ A task
 - scores a batch of responses, the generated text only (`score_batch`), in the trainer process:
   keep it safe and fast (the built-ins never eval and run in linear time). Code that might hang or
   crash belongs in a user reward, which runs in `fastzero.tasks.sandbox`;
-- says which reward means "correct" (`correct_reward`: accuracy counts rewards >= it).
+- says which reward means "correct" (`correct_reward`: accuracy counts rewards >= it);
+- optionally measures its responses (`response_metrics(responses, problems) -> {name: value}`, e.g.
+  Countdown's think-block signature): logged with each step and each evaluation, never a reward.
 
 `Task` is an abstract base class with these members; a user task may subclass it or be any object
 that has them (`check_task` lists what is missing). `make_splits` builds the held-out split first and
@@ -64,6 +66,10 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def score_batch(self, responses: Sequence[str], problems: Sequence[Any]) -> list[float]:
         """One reward per (response, problem) pair; responses are the generated text only."""
+
+    def response_metrics(self, responses: Sequence[str], problems: Sequence[Any]) -> dict[str, float]:
+        """Batch means that describe the responses (none by default); the trainer logs them as they are."""
+        return {}
 
 
 def check_task(task: Any, where: str) -> Any:

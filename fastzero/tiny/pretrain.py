@@ -42,6 +42,7 @@ class PretrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     seed: int = 0
+    length_buckets: bool = False  # batch rows of similar length (less padding for variable-length traces)
 
 
 def make_model(vocab_size: int, shape: ModelShape, *, pad_id: int, eos_id: int):
@@ -110,11 +111,12 @@ def pretrain(model, ids: torch.Tensor, mask: torch.Tensor, cfg: PretrainConfig,
         return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
     model.train()
-    order = torch.randperm(len(ids), generator=generator)
+    lengths = mask.sum(1)
+    order = _epoch_order(lengths, cfg, generator)
     cursor, history, start, running = 0, [], time.time(), None
     for step in range(cfg.steps):
         if cursor + cfg.batch_size > len(order):
-            order, cursor = torch.randperm(len(ids), generator=generator), 0
+            order, cursor = _epoch_order(lengths, cfg, generator), 0
         rows = order[cursor: cursor + cfg.batch_size]
         cursor += cfg.batch_size
         batch_mask = mask[rows]
@@ -134,8 +136,24 @@ def pretrain(model, ids: torch.Tensor, mask: torch.Tensor, cfg: PretrainConfig,
     return history
 
 
+def _epoch_order(lengths: torch.Tensor, cfg: PretrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """A shuffled order of the rows; with length_buckets, consecutive batches hold rows of similar
+    length: each window of 32 batches is sorted by length, cut into batches, and the batches shuffled."""
+    order = torch.randperm(len(lengths), generator=generator)
+    if not cfg.length_buckets:
+        return order
+    window = 32 * cfg.batch_size
+    batches = []
+    for start in range(0, len(order) - cfg.batch_size + 1, window):
+        chunk = order[start: start + window]
+        chunk = chunk[torch.argsort(lengths[chunk], stable=True)]
+        batches += [chunk[i: i + cfg.batch_size] for i in range(0, len(chunk) - cfg.batch_size + 1, cfg.batch_size)]
+    shuffled = torch.randperm(len(batches), generator=generator)
+    return torch.cat([batches[i] for i in shuffled])
+
+
 def save_checkpoint(model, tokenizer: Tokenizer, out_dir: str | os.PathLike, recipe: dict,
-                    build_notes: str) -> None:
+                    build_notes: str, *, max_new_tokens: int = 16) -> None:
     """Write the whole HF folder into a temp dir beside `out_dir`, then swap it in."""
     from transformers import GenerationConfig
 
@@ -143,7 +161,7 @@ def save_checkpoint(model, tokenizer: Tokenizer, out_dir: str | os.PathLike, rec
         model.save_pretrained(tmp, safe_serialization=True)
         pad_id, eos_id = tokenizer.token_to_id(PAD), tokenizer.token_to_id(EOS)
         GenerationConfig(pad_token_id=pad_id, eos_token_id=eos_id, bos_token_id=None, do_sample=False,
-                         max_new_tokens=16).save_pretrained(tmp)
+                         max_new_tokens=max_new_tokens).save_pretrained(tmp)
         save_hf_tokenizer(tokenizer, tmp, model_max_length=model.config.max_position_embeddings)
         (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
         (tmp / "BUILD.md").write_text(build_notes)

@@ -2,6 +2,7 @@
 
 Nothing here changes how Countdown behaves: generation is `generate_problems`, prompts are
 `render_prompt`, and scoring is one `score_batch` call (C++, GIL released) per batch.
+`response_metrics` is the think-block signature (traces.py); the reward never sees it.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any, Collection, Hashable, Sequence
 from ..base import LoadReport, Task
 from .problems import Problem, generate_problems, read_problems
 from .prompts import TEMPLATES, render_prompt
+from .traces import trace_metrics
 from .verifier import score_batch
 
 
@@ -44,3 +46,9 @@ class CountdownTask(Task):
         return score_batch(responses, [p.numbers for p in problems], [p.target for p in problems],
                            format_score=self.format_score, correct_score=self.correct_reward,
                            num_threads=self.num_threads)
+
+    def response_metrics(self, responses: Sequence[str], problems: Sequence[Problem]) -> dict[str, float]:
+        """The R1-Zero signature of the think blocks (fastzero.tasks.countdown.traces), when the responses
+        think at all: a direct-answer model's metrics carry no think/ columns."""
+        row = trace_metrics(responses, [p.numbers for p in problems], [p.target for p in problems])
+        return row if row["think/has_think"] > 0 else {}
