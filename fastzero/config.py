@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from fastzero.kernels import IS_CORRECTIONS, IS_LEVELS, LOSS_MODES
 from fastzero.kernels.aggregation import AGGREGATIONS
 from fastzero.kernels.policy_loss import KL_TYPES
 
@@ -53,6 +54,12 @@ class ModelConfig:
     attn_implementation: str = opt("auto", "attention: auto = flash_attention_2 if installed on GPU, else sdpa",
                                    ATTN_IMPLEMENTATIONS)
     gradient_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
+    lora_rank: int = opt(0, "LoRA rank r of the policy's adapters through PEFT (0 = full fine-tuning); "
+                            "the reference is the base with adapters disabled")
+    lora_alpha: float = opt(32.0, "LoRA alpha (the adapter's update is scaled by alpha / r)")
+    lora_targets: str = opt("q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+                            "comma-separated module names that get LoRA adapters (never lm_head or embed_tokens)")
+    lora_save_merged: bool = opt(False, "also write the merged (base + adapter) model into final/ besides final/adapter/")
     save_dtype: str = opt("auto", "dtype of final/: auto = the source checkpoint's (a bf16 model trained in fp32 "
                                   "on CPU is saved as bf16)", ("auto", "float32", "bfloat16"))
 
@@ -94,6 +101,12 @@ class RolloutConfig:
     sglang_mem_fraction: float = opt(0.5, "sglang: GPU memory share for weights + KV cache")
     sglang_tp: int = opt(1, "sglang: tensor-parallel size")
     sync_bucket_mb: int = opt(512, "weight sync to the rollout engine in buckets of this many MB")
+    dynamic_sampling: bool = opt(False, "DAPO dynamic sampling: drop groups whose rewards all agree and sample more "
+                                        "prompts until the step has prompts_per_step groups")
+    max_sampling_rounds: int = opt(3, "dynamic sampling: most generation rounds per step (then train on what was kept)")
+    overlong_buffer: int = opt(0, "DAPO soft overlong penalty over the last N tokens before --max-new-tokens (0 = off)")
+    overlong_penalty: float = opt(1.0, "the soft overlong penalty at the length cap (it ramps linearly from 0)")
+    mask_truncated: bool = opt(False, "DAPO overlong filtering: responses cut at --max-new-tokens carry no loss")
 
 
 @dataclass
@@ -112,6 +125,13 @@ class AlgorithmConfig:
     fused_loss: bool = opt(True, "policy loss straight from hidden states in one pass over the vocabulary "
                                  "(false: log-probs, then the loss; the same numbers, more work)")
     loss_agg: str = opt("token-mean", "loss aggregation", AGGREGATIONS)
+    loss_mode: str = opt("ppo", "policy loss: ppo = token-ratio clip, gspo = sequence-ratio clip (geometric mean "
+                                "of token ratios), cispo = clipped stop-gradient IS weight on a REINFORCE term", LOSS_MODES)
+    is_correction: str = opt("none", "rollout/training mismatch correction from the sampler's log-probs: "
+                                     "tis = truncated IS weight min(ratio, cap), mis = drop where ratio leaves [1/cap, cap]",
+                             IS_CORRECTIONS)
+    is_level: str = opt("token", "mismatch ratio per token, or per sequence (product of its token ratios)", IS_LEVELS)
+    is_cap: float = opt(2.0, "the mismatch correction's cap C (>= 1)")
     gamma: float = opt(1.0, "GAE discount (ppo, reinforce_pp)")
     lam: float = opt(1.0, "GAE lambda (ppo)")
     value_clip: float = opt(0.5, "PPO value-function clip range")
@@ -143,6 +163,11 @@ class RunConfig:
     log_samples: int = opt(4, "sample completions written per step to samples.jsonl")
     price_per_hour: float = opt(0.0, "device price in $ per hour for the cost summary (0 = not priced)")
     progress: bool = opt(True, "show a progress bar on stderr")
+    report_to: str = opt("none", "also log every metric to: none, tensorboard, wandb (offline), or both comma-separated")
+    target_accuracy: float | None = opt(None, "stop at the first evaluation whose held-out accuracy reaches this; "
+                                              "summary.json reports the steps, wall time and $ it took")
+    max_cost_usd: float | None = opt(None, "stop with a checkpoint before the run's cost (--price-per-hour) passes this")
+    max_device_hours: float | None = opt(None, "stop with a checkpoint before the run's device-hours pass this")
     plan: bool = opt(False, "print the per-GPU memory plan and exit, before loading anything")
     device_memory_gb: float = opt(0.0, "device memory the plan is checked against (0 = the GPU's own; "
                                        "none on CPU); a run whose plan does not fit stops before loading")
@@ -273,6 +298,23 @@ _GRPO_VARIANT = dict(  # the same task with GRPO: groups instead of a critic, KL
     kl_in_reward=False, kl_coef=0.001, entropy_coef=0.0,
 )
 
+# DAPO (Yu et al. 2025, arXiv:2503.14476, section 4 and veRL's recipe/dapo): clip-higher 0.2/0.28,
+# no KL term, token-level loss, 16 samples per prompt, 16 gradient updates per rollout step, lr 1e-6
+# with 10 warm-up steps, dynamic sampling (veRL's max_num_gen_batches = 10 rounds), the soft
+# overlong penalty over the last 20% of the length cap (4096 of 20480) with factor 1.0. The prompt
+# count is the -grpo variant's (the paper's 512 prompts are for a 32B model on 17k-token answers).
+_DAPO_VARIANT = dict(
+    algorithm="grpo", samples_per_prompt=16, prompts_per_step=64, mini_batch_size=64, clip_low=0.2,
+    clip_high=0.28, kl_coef=0.0, kl_in_reward=False, entropy_coef=0.0, loss_agg="token-mean", lr=1e-6,
+    warmup_steps=10, dynamic_sampling=True, max_sampling_rounds=10, overlong_buffer=205, overlong_penalty=1.0,
+)
+# GSPO (Zheng et al. 2025, arXiv:2507.18071, section 5.1): sequence-level ratio clipped at
+# 3e-4 / 4e-4, no KL term, each rollout batch split into 4 mini-batches; sequence-mean loss.
+_GSPO_VARIANT = dict(
+    algorithm="grpo", loss_mode="gspo", samples_per_prompt=8, prompts_per_step=64, mini_batch_size=128,
+    clip_low=3e-4, clip_high=4e-4, kl_coef=0.0, kl_in_reward=False, entropy_coef=0.0,
+    loss_agg="seq-mean-token-mean",
+)
 _TINY_THINK = dict(  # the embedded thinking model: <think> candidates, then <answer> (fastzero/tiny/thinking.py)
     model_path=THINKING_MODEL, max_new_tokens=64, lr=2e-4, temperature=0.7, kl_coef=0.05,  # KL keeps its arithmetic
 )
@@ -290,6 +332,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 PRESETS["qwen2.5-7b"] = {**_TINYZERO_PPO, "gradient_checkpointing": True, "micro_batch_tokens": 16384}
 for _name in ("qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b", "qwen2.5-7b"):
     PRESETS[_name + "-grpo"] = {**PRESETS[_name], **_GRPO_VARIANT}
+    PRESETS[_name + "-dapo"] = {**PRESETS[_name], **_DAPO_VARIANT}
+    PRESETS[_name + "-gspo"] = {**PRESETS[_name], **_GSPO_VARIANT}
 
 
 def from_preset(name: str) -> Config:
@@ -448,6 +492,7 @@ def validate(config: Config) -> None:
     need(run.price_per_hour >= 0, "price_per_hour", "must be >= 0")
     need(run.device_memory_gb >= 0, "device_memory_gb", "must be >= 0")
     need(run.dist_timeout > 0, "dist_timeout", "must be > 0 seconds")
+    validate_extensions(config, need)
     sequences = r.prompts_per_step * r.samples_per_prompt
     need(sequences % a.mini_batch_size == 0 or a.mini_batch_size >= sequences, "mini_batch_size",
          f"must divide --prompts-per-step x --samples-per-prompt = {sequences} (or be >= it)")
@@ -490,6 +535,34 @@ def sandbox_options(reward: RewardConfig) -> SandboxOptions:
     return SandboxOptions(timeout=reward.reward_timeout, memory_mb=reward.reward_memory_mb,
                           workers=reward.reward_workers, fallback=reward.reward_fallback,
                           per_sample=reward.reward_per_sample, stall_seconds=reward.reward_stall_seconds)
+
+
+def validate_extensions(config: Config, need) -> None:
+    """LoRA, DAPO sampling, stop rules and loggers (kept apart from the core checks above)."""
+    m, r, run = config.model, config.rollout, config.run
+    need(m.lora_rank >= 0, "lora_rank", "must be >= 0")
+    if m.lora_rank:
+        need(m.lora_alpha > 0, "lora_alpha", "must be > 0")
+        targets = [t.strip() for t in m.lora_targets.split(",") if t.strip()]
+        need(bool(targets), "lora_targets", "name at least one module")
+        need(not {"lm_head", "embed_tokens"} & set(targets), "lora_targets",
+             "lm_head and embed_tokens cannot carry adapters (the fused loss reads the LM-head weight directly)")
+    need(m.lora_rank > 0 or not m.lora_save_merged, "lora_save_merged", "needs --lora-rank > 0")
+    need(config.algorithm.is_cap >= 1, "is_cap", "must be >= 1")
+    need(r.max_sampling_rounds >= 1, "max_sampling_rounds", "must be >= 1")
+    if r.dynamic_sampling:
+        need(r.samples_per_prompt >= 2, "dynamic_sampling", "needs --samples-per-prompt >= 2 (it drops groups)")
+    need(0 <= r.overlong_buffer <= r.max_new_tokens, "overlong_buffer", "must be in [0, --max-new-tokens]")
+    need(r.overlong_penalty >= 0, "overlong_penalty", "must be >= 0")
+    from .loggers import parse_report_to
+    parse_report_to(run.report_to)  # raises naming --report-to
+    if run.target_accuracy is not None:
+        need(0 < run.target_accuracy <= 1, "target_accuracy", "must be in (0, 1]")
+    if run.max_cost_usd is not None:
+        need(run.max_cost_usd > 0, "max_cost_usd", "must be > 0")
+        need(run.price_per_hour > 0, "max_cost_usd", "needs --price-per-hour > 0 to know what a device-hour costs")
+    if run.max_device_hours is not None:
+        need(run.max_device_hours > 0, "max_device_hours", "must be > 0")
 
 
 def options_markdown() -> str:

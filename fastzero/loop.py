@@ -9,6 +9,7 @@ from .distributed import broadcast_object
 from .optim import NonFiniteError
 from .report import Reporter
 from .resume import save_run
+from .stop_rules import StopRules
 from .trainer import Trainer
 
 
@@ -24,12 +25,19 @@ def train_loop(run, reporter: Reporter | None = None, interrupts=None) -> dict[s
     cfg, state = run.config, run.state
     trainer = Trainer.from_run(run)
     reporter = reporter or Reporter(run)
+    rules = StopRules(cfg.run, state, run.wall_seconds, devices=run.dist.world_size)
     start_step = state.step
     if state.eval_start is None:
-        result = trainer.evaluate()
+        result = _timed(rules, "eval", trainer.evaluate)
         state.eval_start = result
         run.metrics.log({"step": 0, **result})
         reporter.evaluation("start", result)
+        stop = rules.after_evaluation(0, result)
+        if stop:
+            state.stop_reason = stop
+            run.say(f"{stop} before any step")
+            reporter.evaluation("end", result)
+            return result
     reporter.progress_start(start_step)
     started = time.perf_counter()
     step, final = start_step, None
@@ -58,14 +66,18 @@ def train_loop(run, reporter: Reporter | None = None, interrupts=None) -> dict[s
                     ) from None
             row.update({f"time/{k}": v for k, v in trainer.timer.take_step().items()})
             row["time/step"] = time.perf_counter() - step_started
+            rules.observe("step", row["time/step"])
             limit = cfg.run.time_limit_minutes
             out_of_time = bool(limit) and time.perf_counter() - started > 60 * limit
+            stop = rules.out_of_budget()
             if run.dist.enabled:  # rank 0's clock decides: ranks that disagreed would wait on each other
-                out_of_time = broadcast_object(out_of_time, run.dist)
-            is_last = step >= cfg.run.max_steps or out_of_time
+                out_of_time, stop = broadcast_object((out_of_time, stop), run.dist)
+            is_last = step >= cfg.run.max_steps or out_of_time or stop is not None
             if is_last or (cfg.run.eval_every and step % cfg.run.eval_every == 0):
-                last_eval = trainer.evaluate()
+                last_eval = _timed(rules, "eval", trainer.evaluate)
                 row.update(last_eval)
+                stop = stop or rules.after_evaluation(step, last_eval)
+                is_last = is_last or stop is not None
                 final = last_eval if is_last else None
             state.step = step
             state.phase_seconds = dict(trainer.timer.totals)
@@ -73,10 +85,21 @@ def train_loop(run, reporter: Reporter | None = None, interrupts=None) -> dict[s
             reporter.progress(step, row, last_eval)
             if cfg.run.save_every and step % cfg.run.save_every == 0:
                 with trainer.timer.phase("checkpoint"):
-                    save_run(run)
+                    _timed(rules, "checkpoint", lambda: save_run(run))
             if out_of_time:
                 run.say(f"\ntime limit of {limit} min reached after step {step}")
+                break
+            if stop:  # the caller (train.py) saves the final checkpoint
+                state.stop_reason = stop
+                run.say(f"\n{stop}: stopping after step {step}")
                 break
     state.phase_seconds = dict(trainer.timer.totals)
     reporter.evaluation("end", final)
     return final
+
+
+def _timed(rules: StopRules, what: str, work):
+    started = time.perf_counter()
+    result = work()
+    rules.observe(what, time.perf_counter() - started)
+    return result

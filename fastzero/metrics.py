@@ -2,8 +2,8 @@
 
 Kept: one JSON object per step (`step`, and on eval steps `eval/accuracy`, `eval/mean_reward`),
 appended and flushed each step so a killed run loses nothing; on resume, lines past the checkpoint's
-step are dropped so the file matches the resumed run exactly. Dropped: TensorBoard/W&B (a JSONL file
-plus a plot covers a single-machine run without extra dependencies).
+step are dropped so the file matches the resumed run exactly. TensorBoard and W&B are optional
+sinks (fastzero/loggers.py, --report-to) that receive every row under the same names.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ class MetricsLog:
         self.path = os.path.join(output_dir, "metrics.jsonl")
         self.samples_path = os.path.join(output_dir, "samples.jsonl")
         self.rows: list[dict[str, Any]] = []
+        self.sinks: list[Any] = []  # fastzero.loggers sinks (--report-to), fed every row
         if resume_step is not None:
             self.rows = [r for r in _read_jsonl(self.path) if r.get("step", 0) <= resume_step]
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
@@ -37,6 +38,13 @@ class MetricsLog:
         row = {k: (float(v) if hasattr(v, "item") else v) for k, v in row.items()}
         self.rows.append(row)
         _append_line(self.path, json.dumps(row))
+        for sink in self.sinks:
+            sink.log(row)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+        self.sinks = []
 
     def log_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
         for sample in samples:

@@ -33,11 +33,11 @@ class _Stepped:
 
     def __init__(self, module: torch.nn.Module, lr: float, weight_decay: float):
         self.module = module
-        self.params = list(module.parameters())
+        self.params = [p for p in module.parameters() if p.requires_grad]  # LoRA: the adapters only
         self.mixed = any(p.dtype in LOW_PRECISION for p in self.params if p.requires_grad)
         self.masters = ([p.detach().float().clone().requires_grad_(p.requires_grad) for p in self.params]
                         if self.mixed else self.params)
-        self.optimizer = torch.optim.AdamW(self.masters if self.mixed else module.parameters(), lr=lr,
+        self.optimizer = torch.optim.AdamW(self.masters if self.mixed else self.params, lr=lr,
                                            weight_decay=weight_decay)
 
     def zero_grad(self) -> None:

@@ -13,8 +13,10 @@ import torch
 from .atomic import atomic_directory, atomic_write_text
 from .config import resolve_model_path
 from .episodes import Episodes
+from .lora import save_final_policy
 from .metrics import ProgressBar, cost_summary, format_cost, plot_metrics
 from .model import save_model, saved_dtype
+from .stop_rules import format_target, summary_entries
 from .write_errors import as_os_error
 
 
@@ -66,8 +68,9 @@ def finish_run(run) -> dict[str, Any]:
             return {}
     else:
         with atomic_directory(os.path.join(run.output_dir, "final")) as staging, as_os_error(str(staging)):
-            save_model(run.models.policy, staging, saved_dtype(run.config.model.save_dtype,
-                                                              resolve_model_path(run.config.model.model_path)))
+            save_final_policy(run.models.policy, run.models.lora, staging, merged=run.config.model.lora_save_merged,
+                              save=lambda model, folder: save_model(model, folder, saved_dtype(
+                                  run.config.model.save_dtype, resolve_model_path(run.config.model.model_path))))
             run.tokenizer.save_pretrained(staging)
     plot_metrics(run.metrics.rows, os.path.join(run.output_dir, "metrics.png"))
     wall = run.wall_seconds()
@@ -77,9 +80,12 @@ def finish_run(run) -> dict[str, Any]:
                         devices=run.dist.world_size)
     start, end = state.eval_start or {}, run.metrics.last("eval/accuracy")
     summary = {"start_accuracy": start.get("eval/accuracy"), "end_accuracy": end,
-               "steps": state.step, "bad_steps": state.bad_steps, "world_size": run.dist.world_size, "cost": cost}
+               "steps": state.step, "bad_steps": state.bad_steps, "world_size": run.dist.world_size, "cost": cost,
+               **summary_entries(run.config.run, state)}
     atomic_write_text(os.path.join(run.output_dir, "summary.json"), json.dumps(summary, indent=2) + "\n")
     run.say(format_cost(cost))
+    if format_target(summary.get("target")):
+        run.say(format_target(summary["target"]))
     return summary
 
 

@@ -98,7 +98,7 @@ def restore_run(run: "Run") -> int | None:
         run.models.critic.load_state_dict(critic.state_dict())
         del critic
     run.optimizers.load_state_dicts(optimizer_state)
-    run.engine.update_weights(run.models.policy)
+    run.engine.update_weights(run.models.weights_for(run.engine))
     restore_rng(run, state.rng)
     run.data.restore(state.data)
     run.state = dataclasses.replace(state, rng=None, data=None)  # live RNGs and data are the truth now

@@ -13,7 +13,9 @@ import json
 import os
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Any, ContextManager
 
 import torch
 from torch import nn
@@ -23,6 +25,8 @@ from .config import Config, resolve_model_path, sandbox_options
 from .data import TaskData, make_task
 from .distributed import init_distributed, main_only
 from .episodes import trim_stop
+from .loggers import make_sinks
+from .lora import LoraAdapters, add_adapters
 from .metrics import MemoryMetrics, MetricsLog
 from .model import CriticModel, choose_backends, load_causal_lm, resolve_device
 from .optim import Optimizers
@@ -35,8 +39,20 @@ from .tasks.scoring import TaskScorer
 @dataclass
 class Models:
     policy: nn.Module
-    reference: nn.Module | None  # frozen copy of the starting policy; None when --kl-coef is 0
+    reference: nn.Module | None  # frozen copy of the starting policy (LoRA: the policy itself); None when --kl-coef is 0
     critic: CriticModel | None  # PPO only
+    lora: LoraAdapters | None = None  # --lora-rank > 0: the adapters injected into the policy
+
+    def reference_scope(self) -> ContextManager:
+        """Where the reference must be called: with LoRA, the policy with its adapters disabled."""
+        return self.lora.disabled() if self.lora is not None and self.reference is self.policy else nullcontext()
+
+    def weights_for(self, engine: RolloutEngine) -> Any:
+        """What engine.update_weights gets: the policy, or with LoRA and an engine holding its own
+        copy (SGLang), the merged (base + adapter) tensors under the base model's names."""
+        if self.lora is None or getattr(engine, "model", None) is self.policy:
+            return self.policy
+        return self.lora.merged_named_tensors()
 
 
 class Run:
@@ -50,6 +66,10 @@ class Run:
         self.wall_started = time.perf_counter()
         torch.set_num_threads(cfg.run.threads or default_threads())
         self.device = self.dist.device if self.dist.enabled else resolve_device(cfg.run.device)
+        if self.dist.enabled:  # not built for torchrun yet: ranks would disagree on rounds / shard PEFT layers
+            for name in ("dynamic_sampling", "lora_rank"):
+                if cfg.get(name):
+                    raise ValueError(f"--{name.replace('_', '-')} does not run under torchrun yet (single process only)")
         backends = choose_backends(self.device, cfg.model.dtype, cfg.model.attn_implementation)
         random.seed(cfg.run.seed)
         torch.manual_seed(cfg.run.seed)
@@ -67,12 +87,15 @@ class Run:
                                  attn_implementation=backends.attn_implementation,
                                  gradient_checkpointing=cfg.model.gradient_checkpointing)
         policy, _ = load_causal_lm(model_path, **self.load_options)
-        reference = copy.deepcopy(policy).eval().requires_grad_(False) if cfg.algorithm.kl_coef > 0 else None
+        lora = add_adapters(policy, cfg.model) if cfg.model.lora_rank else None
+        reference = None
+        if cfg.algorithm.kl_coef > 0:  # LoRA: the base is the policy with adapters off (no copy)
+            reference = policy if lora is not None else copy.deepcopy(policy).eval().requires_grad_(False)
         critic = None
         if cfg.algorithm.estimator == "ppo":
             critic_path = resolve_model_path(cfg.model.critic_path or cfg.model.model_path)
             critic = CriticModel.from_pretrained(critic_path, **self.load_options)
-        self.models = Models(policy, reference, critic)
+        self.models = Models(policy, reference, critic, lora)
         if self.dist.enabled:  # shard before the optimizers are built: they step the shards
             from .sharding import shard_models
 
@@ -106,6 +129,7 @@ class Run:
             self.metrics = MemoryMetrics()
             return
         self.metrics = MetricsLog(output_dir, resume_step=resume_step)
+        self.metrics.sinks = make_sinks(cfg.run.report_to, output_dir, config=cfg.to_dict(), resume_step=resume_step)
 
     @property
     def policy(self) -> nn.Module:
@@ -120,6 +144,7 @@ class Run:
         """Stop what runs beside the trainer: the reward sandbox's workers and the rollout engine."""
         self.scorer.close()
         self.engine.shutdown()
+        self.metrics.close()  # --report-to sinks flush and close
 
     def wall_seconds(self) -> float:
         """Wall time of the whole run, across resumes."""

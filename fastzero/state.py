@@ -25,6 +25,8 @@ class TrainState:
     wall_seconds: float = 0.0  # wall time of the run before this process started (earlier resumes)
     data: dict[str, int] | None = None  # data position at the last save (TaskData.position())
     rng: dict[str, Any] | None = None  # RNG states at the last save
+    target_reached: dict[str, Any] | None = None  # --target-accuracy: step, wall time, cost when first reached
+    stop_reason: str | None = None  # why the run stopped before --max-steps (a stop rule), if it did
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,6 +1,7 @@
 """One RL step, as data flows (docs/architecture.md draws the whole picture):
 
   problems -> sample_episodes: rollout engine (G samples per prompt) -> decode -> scorer
+     (dynamic_sampling.sample_step: one round, or DAPO's rounds until the batch is full; overlong penalty)
   -> collate into a SequenceBatch (with the sampler's log-probs and finish reasons)
   -> old / ref log-probs and values for the rows that carry a gradient (hidden states ->
      fused_logprobs; never [tokens x vocab] logits)
@@ -25,6 +26,7 @@ from .algorithms import GROUP_METHODS, compute_advantages, rows_without_gradient
 from .batch import SequenceBatch, collate, microbatches, minibatches
 from .config import Config
 from .data import TaskData
+from .dynamic_sampling import sample_step
 from .distributed import (
     SINGLE,
     DistContext,
@@ -75,18 +77,17 @@ class Trainer:
     def step(self, step: int) -> tuple[dict[str, float], Episodes]:
         """Sample, score and train on one batch of prompts; returns the metrics row and the episodes."""
         r, a = self.cfg.rollout, self.cfg.algorithm
-        problems = self.data.next_batch(r.prompts_per_step)
-        if self.dist.enabled:
-            share = prompt_slice(len(problems), self.dist)
-            problems, self.first_row = problems[share], share.start * r.samples_per_prompt
-        params = SamplingParams(n=r.samples_per_prompt, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
-                                top_p=r.top_p, top_k=r.top_k, stop_token_ids=self.stop_ids)
-        episodes = sample_episodes(self.engine, [self.data.prompt_ids(p) for p in problems], problems, params,
-                                   decode=self.decode, scorer=self.scorer, phase=self.timer.phase)
-        scores = torch.tensor(episodes.scores)
+        sample = sample_step(self.sample_round, r)  # one round, or DAPO's dynamic sampling
+        episodes = sample.episodes
+        scores = torch.tensor(sample.rewards)  # the task's scores (+ the overlong penalty when on)
         batch = collate(episodes.prompt_ids, episodes.response_ids, pad_id=self.pad_id, device=self.device,
                         rollout_logprobs=episodes.sampler_logprobs, finish_reasons=episodes.finish_reasons)
+        generated = int(batch.response_mask.sum())
+        if r.mask_truncated:  # DAPO's overlong filtering: truncated responses carry no loss
+            batch.response_mask[batch.truncated.to(self.device)] = 0.0
         carries_gradient = self.rows_with_gradient(scores.to(self.device), batch)
+        if r.mask_truncated:
+            carries_gradient &= ~batch.truncated
         with self.timer.phase("logprobs"):
             old_logp, ref_logp, old_values = self.score_tokens(batch, carries_gradient)
         kl = (old_logp - ref_logp) * batch.response_mask if ref_logp is not None else None
@@ -97,33 +98,50 @@ class Trainer:
                 stats = self.update(batch, old_logp, ref_logp, advantages, old_values, returns, carries_gradient)
         finally:  # also after a skipped (non-finite) step: a resumed SGLang engine needs its weights back
             with self.timer.phase("sync"):
-                self.engine.update_weights(self.models.policy)
+                self.engine.update_weights(self.models.weights_for(self.engine))  # LoRA: merged for SGLang
 
-        generated = int(batch.response_mask.sum())
         tokens = int(batch.attention_mask.sum())
         kl_ref = float(kl.sum() / batch.response_mask.sum().clamp(min=1)) if kl is not None else None
         failures = episodes.reward_failures
+        task_scores = torch.tensor(sample.generated_scores)  # every response generated this step
+        trained_rows = len(episodes)
         if self.dist.enabled:  # the step's numbers over all ranks' rows
-            scores = all_gather_rows(scores, self.dist)
-            sums = reduce_sums({"generated": generated, "tokens": tokens, "kl": float(kl.sum()) if kl is not None else 0.0}, self.dist)
-            generated, tokens = int(sums["generated"]), int(sums["tokens"])
+            task_scores = all_gather_rows(task_scores, self.dist)
+            sums = reduce_sums({"generated": generated, "tokens": tokens, "rows": trained_rows,
+                                "kl": float(kl.sum()) if kl is not None else 0.0}, self.dist)
+            generated, tokens, trained_rows = int(sums["generated"]), int(sums["tokens"]), int(sums["rows"])
             kl_ref = sums["kl"] / max(1, generated) if kl is not None else None
             failures = {key: int(value) for key, value in reduce_sums(failures, self.dist).items()}
         self.state.tokens += tokens
-        correct = (scores >= self.correct_reward).float()
+        correct = (task_scores >= self.correct_reward).float()
         row = {
             "step": step,
-            "reward/mean": float(scores.mean()),
+            "reward/mean": float(task_scores.mean()),
             "accuracy/train": float(correct.mean()),
-            "response/length": generated / max(1, len(scores)),
-            "groups/zero_variance": _zero_variance_share(scores, r.samples_per_prompt),
+            "response/length": generated / max(1, trained_rows),
+            "groups/zero_variance": _zero_variance_share(task_scores, r.samples_per_prompt),
             **failures,
             **self.response_metrics(episodes),
+            **sample.stats,
             **stats,
         }
+        if r.mask_truncated or r.overlong_buffer:
+            row["overlong/truncated_share"] = float(batch.truncated.float().mean())
         if kl_ref is not None:
             row["kl/ref"] = kl_ref
         return row, episodes
+
+    def sample_round(self, count: int) -> Episodes:
+        """Generate and score samples_per_prompt responses for each of the next `count` prompts."""
+        r = self.cfg.rollout
+        problems = self.data.next_batch(count)
+        if self.dist.enabled:  # this rank's share of the prompts (whole groups)
+            share = prompt_slice(len(problems), self.dist)
+            problems, self.first_row = problems[share], share.start * r.samples_per_prompt
+        params = SamplingParams(n=r.samples_per_prompt, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
+                                top_p=r.top_p, top_k=r.top_k, stop_token_ids=self.stop_ids)
+        return sample_episodes(self.engine, [self.data.prompt_ids(p) for p in problems], problems, params,
+                               decode=self.decode, scorer=self.scorer, phase=self.timer.phase)
 
     def advantages(self, scores, response_mask, values, kl):
         """compute_advantages on this rank's rows. Group methods need only whole groups (a rank has
@@ -182,8 +200,11 @@ class Trainer:
             width = mb.input_ids.shape[1]
             logp = sequence_logprobs(models.policy, mb.input_ids, mb.attention_mask, mb.response_mask,
                                      temperature=temperature)
-            ref_logp = (sequence_logprobs(models.reference, mb.input_ids, mb.attention_mask, mb.response_mask,
-                                          temperature=temperature) if ref is not None else None)
+            ref_logp = None
+            if ref is not None:
+                with models.reference_scope():  # LoRA: the policy with its adapters disabled
+                    ref_logp = sequence_logprobs(models.reference, mb.input_ids, mb.attention_mask, mb.response_mask,
+                                                 temperature=temperature)
             value = _shifted_values(models.critic, mb) * mb.response_mask if values is not None else None
             if padding:
                 continue
@@ -287,20 +308,27 @@ class Trainer:
         temperature = self.cfg.rollout.temperature
         kl_coef = a.kl_coef if ref_logp is not None else 0.0
         options = dict(clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip, kl_coef=kl_coef,
-                       kl_type=a.kl_type, entropy_coef=a.entropy_coef)
+                       kl_type=a.kl_type, entropy_coef=a.entropy_coef, loss_mode=a.loss_mode,
+                       is_correction=a.is_correction, is_level=a.is_level, is_cap=a.is_cap)
+        rollout = mb.rollout_logprobs  # the sampler's: mismatch KL always, IS correction when asked
+        if a.is_correction != "none" and rollout is None:
+            raise ValueError(f"--is-correction {a.is_correction}: the rollout engine returned no log-probs")
         if a.fused_loss:
             resp = response_tokens(policy, mb.input_ids, mb.attention_mask, mb.response_mask)
+            per_sequence = a.loss_mode == "gspo" or (a.is_correction != "none" and a.is_level == "sequence")
             return fused_linear_policy_loss(
                 resp.hidden, lm_head_weight(policy), resp.targets, resp.gather(old_logp),
                 resp.gather(advantages), resp.gather(token_weight),
                 ref_logp=resp.gather(ref_logp) if ref_logp is not None else None,
+                rollout_logp=resp.gather(rollout) if rollout is not None else None,
+                seq_index=resp.flat_positions // mb.input_ids.shape[1] if per_sequence else None,
                 temperature=temperature, **options)
         use_entropy = a.entropy_coef > 0
         out = sequence_logprobs(policy, mb.input_ids, mb.attention_mask, mb.response_mask,
                                 temperature=temperature, return_entropy=use_entropy)
         logp, entropy = out if use_entropy else (out, None)
         return policy_loss(logp, old_logp, advantages, mb.response_mask, ref_logp=ref_logp, entropy=entropy,
-                           token_weight=token_weight, **options)
+                           rollout_logp=rollout, token_weight=token_weight, **options)
 
     # ---- evaluation ------------------------------------------------------------------------------
     @torch.no_grad()
