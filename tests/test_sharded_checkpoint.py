@@ -155,7 +155,8 @@ def test_one_process_checkpoint_resumes_on_two_ranks(tmp_path_factory):
     policy_dir = tiny_dir(tmp_path_factory, tie=True)
     policy, optimizer = trained(policy_dir, SINGLE)
     root = str(tmp_path_factory.mktemp("single") / "checkpoints")
-    path = save_checkpoint(root, 1, models={"policy": policy}, optimizers={"policy": optimizer}, state={"step": 1})
+    path = save_checkpoint(root, 1, models={"policy": policy}, optimizer_state={"policy": optimizer.state_dict()},
+                           state={"step": 1})
     expected = full_state(policy, optimizer)
     got = run_ranks(2, rank_load_one_process_checkpoint, policy_dir, path)[0]
     assert_same(got, expected)
