@@ -62,6 +62,7 @@ class MemoryMetrics(MetricsLog):
 
     def __init__(self):
         self.rows = []
+        self.sinks = []  # TensorBoard/W&B report from rank 0 only
 
     def log(self, row: dict[str, Any]) -> None:
         self.rows.append({k: (float(v) if hasattr(v, "item") else v) for k, v in row.items()})
