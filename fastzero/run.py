@@ -23,7 +23,7 @@ from torch import nn
 from .atomic import atomic_write_text
 from .config import Config, resolve_model_path, sandbox_options
 from .data import TaskData, make_task
-from .distributed import init_distributed, main_only
+from .distributed import DistContext, init_distributed, main_only
 from .episodes import trim_stop
 from .loggers import make_sinks
 from .lora import LoraAdapters, add_adapters
@@ -31,6 +31,9 @@ from .metrics import MemoryMetrics, MetricsLog
 from .model import CriticModel, choose_backends, load_causal_lm, resolve_device
 from .optim import Optimizers
 from .rollout import RolloutEngine, make_engine, resolve_engine_kind
+from .rollout.tp_engine import make_tp_group_engine
+from .rollout.tp_groups import engine_placement, layout_from_env
+from .sharding import ShardedEngine
 from .state import TrainState
 from .tasks.countdown.verifier import default_threads
 from .tasks.scoring import TaskScorer
@@ -111,12 +114,8 @@ class Run:
                              cache_dir=os.path.join(output_dir, "data"))
         self.shuffle_generator = torch.Generator().manual_seed(cfg.run.seed + 17)
         self.engine = _make_engine(cfg, policy, model_path, backends.dtype, self.stop_ids, self.pad_id,
-                                   seed=cfg.run.seed + self.dist.rank,  # each rank its own sampling stream
-                                   local_rank=self.dist.local_rank if self.dist.enabled else None)
-        if self.dist.enabled:
-            from .sharding import ShardedEngine
-
-            self.engine = ShardedEngine(self.engine, policy, shares_model=resolve_engine_kind(cfg.rollout.engine) == "hf")
+                                   seed=cfg.run.seed + self.dist.rank,  # each rank (TP: each group) its own stream
+                                   dist=self.dist)
         self.state = TrainState()
         self.checkpoints = os.path.join(output_dir, "checkpoints")
         self.saved_step: int | None = None  # step of the newest checkpoint on disk (resume.py keeps it)
@@ -152,20 +151,24 @@ class Run:
 
 
 def _make_engine(cfg: Config, policy: nn.Module, model_path: str, dtype: torch.dtype, stop_ids, pad_id, *,
-                 seed: int, local_rank: int | None) -> RolloutEngine:
+                 seed: int, dist: DistContext) -> RolloutEngine:
+    """The rollout engine, placed for this process: under torchrun the hf engine decodes with the
+    gathered shards on every rank; SGLang runs one engine per rank (data parallel, --sglang-tp 1) or
+    one tensor-parallel engine per group of --sglang-tp ranks, held by the group's leader."""
     r = cfg.rollout
     if resolve_engine_kind(r.engine) == "hf":  # shares the policy module: no copy, no weight transfer
-        return make_engine("hf", model=policy, eos_token_ids=stop_ids, seed=seed,
-                           max_batch_size=r.gen_batch_size, pad_token_id=pad_id)
-    placement = {}
-    if local_rank is not None:  # under torchrun: one engine per rank, on this rank's GPU (data parallel)
-        if r.sglang_tp > 1:
-            raise ValueError("--sglang-tp > 1 under torchrun is not supported yet: every rank runs its own "
-                             "engine on its own GPU (use --sglang-tp 1)")
-        placement = {"engine_kwargs": {"base_gpu_id": local_rank, "port": 30000 + 16 * local_rank}}
-    return make_engine("sglang", model_path=model_path, seed=seed, **placement, dtype=str(dtype).removeprefix("torch."),
-                       mem_fraction_static=r.sglang_mem_fraction, tp_size=r.sglang_tp,
-                       bucket_bytes=r.sync_bucket_mb << 20)
+        engine = make_engine("hf", model=policy, eos_token_ids=stop_ids, seed=seed,
+                             max_batch_size=r.gen_batch_size, pad_token_id=pad_id)
+        return ShardedEngine(engine, policy, shares_model=True) if dist.enabled else engine
+    options = dict(model_path=model_path, seed=seed, dtype=str(dtype).removeprefix("torch."),
+                   mem_fraction_static=r.sglang_mem_fraction, tp_size=r.sglang_tp, bucket_bytes=r.sync_bucket_mb << 20)
+    if not dist.enabled:  # one process: SGLang's own TP spreads the engine over GPUs 0 .. tp-1
+        return make_engine("sglang", **options)
+    if r.sglang_tp == 1:  # one engine per rank, on this rank's GPU (data parallel)
+        engine = make_engine("sglang", engine_kwargs=engine_placement(dist.local_rank), **options)
+        return ShardedEngine(engine, policy, shares_model=False)
+    layout = layout_from_env(r.sglang_tp, dist.rank, dist.world_size, dist.local_rank)
+    return make_tp_group_engine(layout, lambda placement: make_engine("sglang", engine_kwargs=placement, **options))
 
 
 def _stop_ids(model, tokenizer) -> set[int]:

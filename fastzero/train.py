@@ -115,6 +115,12 @@ def _main(argv: list[str] | None, interrupts: Interrupts) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from .rollout.tp_groups import sglang_tp_usage_error
+
+    tp_error = sglang_tp_usage_error(config)  # the torchrun layout must fit --sglang-tp: before any work
+    if tp_error is not None:
+        print(f"error: {tp_error}", file=sys.stderr)
+        return 2
     plan_error = check_memory_plan(config)
     if plan_error is not None:
         return plan_error
