@@ -99,7 +99,8 @@ class RolloutConfig:
     top_k: int = opt(0, "top-k sampling (0 = off)")
     gen_batch_size: int = opt(512, "hf engine: sequences decoded together")
     sglang_mem_fraction: float = opt(0.5, "sglang: GPU memory share for weights + KV cache")
-    sglang_tp: int = opt(1, "sglang: tensor-parallel size")
+    sglang_tp: int = opt(1, "sglang: tensor-parallel size; under torchrun one engine per group of this many "
+                            "consecutive ranks on one node (must divide --nproc-per-node)")
     sync_bucket_mb: int = opt(512, "weight sync to the rollout engine in buckets of this many MB")
     dynamic_sampling: bool = opt(False, "DAPO dynamic sampling: drop groups whose rewards all agree and sample more "
                                         "prompts until the step has prompts_per_step groups")

@@ -269,8 +269,11 @@ def test_calls_match_installed_sglang_api(tiny):
     from sglang.srt.sampling.sampling_params import SamplingParams as SGLangSamplingParams
     from sglang.srt.server_args import ServerArgs
 
+    from fastzero.rollout.tp_groups import engine_placement
+
     model, directory = tiny
-    engine, stand_in = make(directory, deterministic=True)
+    # placed as under torchrun (a TP group's leader at local rank 2): base_gpu_id, port, nccl_port
+    engine, stand_in = make(directory, deterministic=True, tp_size=2, engine_kwargs=engine_placement(2))
     engine.generate([[3, 4]], SamplingParams(max_new_tokens=3, n=2, temperature=0.0, top_k=4, top_p=0.9,
                                              stop_token_ids=(7,), seed=3))
     engine.generate([[3, 4]], SamplingParams(max_new_tokens=3))
