@@ -150,6 +150,13 @@ class ShardedEngine:
             source = full_named_parameters(source)
         self.engine.update_weights(source)
 
+    def memory_released(self, weights: Any = None):
+        """base.memory_released through this wrapper, so the reload of `weights` gathers full tensors
+        (forwarded to the inner engine it would push the shards)."""
+        from .rollout.base import memory_released
+
+        return memory_released(self, weights)
+
     def __getattr__(self, name: str) -> Any:  # rng_state, release_memory, shutdown, ...
         return getattr(self.engine, name)
 

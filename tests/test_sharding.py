@@ -207,9 +207,8 @@ def rank_sglang(policy_dir: str, prompts: list[list[int]]) -> dict:
                            shares_model=False)
     mine = prompts[prompt_slice(len(prompts), ctx)]
     engine.generate(mine, SamplingParams(max_new_tokens=3, n=2))
-    engine.release_memory()
-    engine.resume_memory()
-    engine.update_weights(policy)
+    with engine.memory_released(weights=policy):  # release, resume, then reload the gathered weights
+        pass
     calls = engine.engine._engine.calls
     synced = {name: tensor for name, args in calls if name == "update_weights_from_tensor"
               for name, tensor in args["named_tensors"]}
