@@ -168,7 +168,8 @@ def _make_engine(cfg: Config, policy: nn.Module, model_path: str, dtype: torch.d
         engine = make_engine("sglang", engine_kwargs=engine_placement(dist.local_rank), **options)
         return ShardedEngine(engine, policy, shares_model=False)
     layout = layout_from_env(r.sglang_tp, dist.rank, dist.world_size, dist.local_rank)
-    return make_tp_group_engine(layout, lambda placement: make_engine("sglang", engine_kwargs=placement, **options))
+    return make_tp_group_engine(layout, lambda placement: make_engine("sglang", engine_kwargs=placement, **options),
+                                timeout_s=cfg.run.dist_timeout)
 
 
 def _stop_ids(model, tokenizer) -> set[int]:

@@ -139,10 +139,12 @@ class TPGroupEngine:
             self.engine.shutdown()
 
 
-def make_tp_group_engine(layout: TPLayout, build: Callable[[dict[str, int]], Any]) -> TPGroupEngine:
-    """Create every group's process group (collective), then the leader's engine:
-    `build(placement)` gets the sglang.Engine placement kwargs (base_gpu_id, port, nccl_port)."""
-    group = new_tp_group(layout)
+def make_tp_group_engine(layout: TPLayout, build: Callable[[dict[str, int]], Any], *,
+                         timeout_s: float | None = None) -> TPGroupEngine:
+    """Create every group's process group (collective; `timeout_s` see tp_groups.new_tp_group), then
+    the leader's engine: `build(placement)` gets the sglang.Engine placement kwargs (base_gpu_id,
+    port, nccl_port)."""
+    group = new_tp_group(layout, timeout_s)
     engine, failure = None, None
     if layout.is_leader:
         try:

@@ -116,13 +116,21 @@ def sglang_tp_usage_error(config: Any, env: Mapping[str, str] = os.environ) -> s
     return None
 
 
-def new_tp_group(layout: TPLayout) -> Any:
-    """This rank's process group. Collective: every rank creates every group, in the same order."""
+def new_tp_group(layout: TPLayout, timeout_s: float | None = None) -> Any:
+    """This rank's process group. Collective: every rank creates every group, in the same order.
+
+    gloo, also on GPUs: only pickled objects travel over it (prompts, completions, a verdict), and
+    on the CPU they need no staging on the GPU and no NCCL watchdog. A member waits in it for the
+    leader's whole generate call, so `timeout_s` (the run's --dist-timeout) must cover one rollout.
+    """
+    import datetime
+
     import torch.distributed as dist
 
+    timeout = datetime.timedelta(seconds=timeout_s) if timeout_s is not None else None
     mine = None
     for ranks in layout.all_groups():
-        group = dist.new_group(ranks)
+        group = dist.new_group(ranks, backend="gloo", timeout=timeout)
         if layout.rank in ranks:
             mine = group
     return mine
