@@ -4,7 +4,8 @@ ran here). Checked: only leaders build an engine, with tp_size and their own GPU
 leader gets exactly its group's prompts in one call; each rank gets back exactly the completions
 the per-rank (data-parallel) engine would have given it; seeds are distinct within a group; every
 leader receives every parameter, full-shaped, equal to the unsharded model after the same update;
-a failure on a leader is raised on every rank of its group and leaves the collectives aligned."""
+a failure on a leader (starting its engine, a generate, a weight sync) is raised on every rank of
+its group and leaves the collectives aligned; run._make_engine builds these groups for the run."""
 from __future__ import annotations
 
 import os
@@ -59,10 +60,12 @@ def rank_tp(policy_dir: str, tp: int, per_node: int) -> dict:
     shard_model(policy, ctx)
     built = []
     layout = layout_from_env(tp, ctx.rank, ctx.world_size, ctx.local_rank)
+    start_error = _raised(lambda: make_tp_group_engine(layout, lambda placement: stand_in_engine("/no/such/model")),
+                          (RuntimeError, FileNotFoundError))  # a leader that cannot start its engine
     engine = make_tp_group_engine(layout, lambda placement: built.append(stand_in_engine(
         policy_dir, tp_size=tp, seed=7 + ctx.rank, bucket_bytes=4 << 10, engine_kwargs=placement)) or built[-1])
     mine = PROMPTS[prompt_slice(len(PROMPTS), ctx)]
-    out = {"built": len(built), "plain": plain(engine.generate(mine, PLAIN)),
+    out = {"start_error": start_error, "built": len(built), "plain": plain(engine.generate(mine, PLAIN)),
            "seeded": plain(engine.generate(mine, SEEDED))}
     with engine.memory_released(weights=policy):  # the RL step: release, train, resume + reload
         with torch.no_grad():
@@ -105,10 +108,10 @@ def _wired(policy_dir: str, policy, ctx, tp: int):
     return type(engine).__name__, inner._engine.calls[0][1] if inner is not None else None
 
 
-def _raised(call) -> str | None:
+def _raised(call, kinds=RuntimeError) -> str | None:
     try:
         call()
-    except RuntimeError as error:
+    except kinds as error:
         return str(error)
     return None
 
@@ -183,10 +186,12 @@ def test_tp_groups_generate_for_their_ranks_and_get_full_weights(tmp_path_factor
                                                                     "resume_memory_occupation", "begin_weight_update"]
         assert calls[-1][0] == "shutdown"
         for m in group:  # the leader's failures reach every rank of its group
+            assert "no config.json" in results[m]["start_error"]
             assert "outputs for" in results[m]["generate_error"]
             assert "refused by the stand-in" in results[m]["sync_error"]
             if m != leader:
-                assert f"leader (rank {leader})" in results[m]["generate_error"]
+                for failure in ("start_error", "generate_error", "sync_error"):
+                    assert f"leader (rank {leader})" in results[m][failure], failure
     for rank, got in enumerate(results):  # the run's own wiring: per-rank engines at tp 1, groups above
         local, leader = rank % per_node, rank - rank % tp
         kind, init = got["wired"][1]
