@@ -29,6 +29,8 @@ Facts taken from the installed source, not from docs:
   (plain log-softmax when greedy): the same convention as the HF engine;
 - per-request sampling_seed only acts under enable_deterministic_inference, and would make the n
   samples of one prompt identical, so seeded requests are expanded to one seed per sample.
+Under torchrun, run._make_engine places one of these per rank (--sglang-tp 1) or one per group of
+--sglang-tp ranks on the group's first rank (rollout/tp_engine.py, rollout/tp_groups.py).
 Kept out: fine-grained resume (weights first, KV cache after loading, a lower peak), since it
 cannot be tested here; multi-node; the flattened_bucket load format.
 """
