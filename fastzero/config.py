@@ -317,7 +317,10 @@ _GSPO_VARIANT = dict(
     loss_agg="seq-mean-token-mean",
 )
 _TINY_THINK = dict(  # the embedded thinking model: <think> candidates, then <answer> (fastzero/tiny/thinking.py)
-    model_path=THINKING_MODEL, max_new_tokens=64, lr=2e-4, temperature=0.7, kl_coef=0.05,  # KL keeps its arithmetic
+    # 96 tokens: ~6 candidates. KL keeps the think block (without it, RL wrecks its arithmetic and
+    # answers past it); 32 prompts a step for more steps per minute (bench/RESULTS.md, traces v3).
+    model_path=THINKING_MODEL, max_new_tokens=96, lr=1e-4, temperature=0.7, kl_coef=0.05,
+    prompts_per_step=32, mini_batch_size=256,
 )
 
 PRESETS: dict[str, dict[str, Any]] = {

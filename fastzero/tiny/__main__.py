@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import platform
+import shlex
 import time
 from dataclasses import asdict
 
@@ -173,7 +174,8 @@ def command_line(args: argparse.Namespace) -> str:
     # Options that do not apply to this --format are left out (they change nothing).
     unused = {f.name for f in dataclasses.fields(TraceShape)} if args.format == "direct" else {"correct_fraction"}
     options = {k: v for k, v in vars(args).items() if k != "command" and k not in unused}
-    return "python -m fastzero.tiny build " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in options.items())
+    return "python -m fastzero.tiny build " + " ".join(f"--{k.replace('_', '-')} {shlex.quote(str(v))}"
+                                                      for k, v in options.items())
 
 
 def build_notes(recipe: dict) -> str:
@@ -209,18 +211,18 @@ def think_notes(recipe: dict) -> str:
 A {m['parameters']:,}-parameter Qwen2 ({m['hidden_size']} hidden, {m['num_hidden_layers']} layers, \
 {m['num_attention_heads']} heads, tied embeddings, {m['max_position_embeddings']} positions) that thinks before it answers \
 compact Countdown prompts, in R1-Zero's shape:
-`3 7 12=22:` -> `<think>3*7=21 21-12=9\\n12+7=19 19+3=22</think><answer>12+7+3</answer><|endoftext|>`.
+`3 7 12=22:` -> `<think>3*7=21 21-12=9\\n12+7=19 19+3=22 ok</think><answer>12+7+3</answer><|endoftext|>`.
 Made by this project from synthetic traces only (fastzero/tiny/thinking.py), deliberately a poor
-teacher so that RL has room: mostly one candidate, random candidates, wrong values, unverified answers.
+teacher so that RL has room: it stops after a random number of candidates, hit or miss, and answers
+with the last one; stopping at the first hit is a choice the model already makes, at random moments.
 
 - Problems: 3 numbers in {p['min_value']}..{p['max_value']}, targets {p['min_target']}..{p['max_target']}; \
 the held-out set is `generate_problems({h['n']}, seed={h['seed']}, ...)` as for tiny-countdown, excluded from the corpus.
-- Traces ({c['documents']:,}, seed {c['seed']}): {tr['deep_rate']:.0%} search until a candidate states the target \
-(at most {tr['max_candidates']} candidates), the rest write 1 candidate ({tr['two_candidate_rate']:.0%}: 2) whatever \
-it reaches; a candidate is a real solution {tr['solution_rate']:.0%} of the time, else random; each value is off by \
-1-3 with probability {tr['error_rate']:.0%}; shallow answers: the last candidate {tr['last_answer_rate']:.0%}, \
-an earlier one {tr['other_answer_rate']:.0%}, else an expression never computed. Values in the think block stay in \
-0..{tr['max_value_in_think']}.
+- Traces ({c['documents']:,}, seed {c['seed']}): candidate chains, one per line; after each the thinker goes on \
+with probability {tr['continue_rate']:.0%} (at most {tr['max_candidates']}), whatever the candidates reached, and the \
+answer copies the last candidate. A candidate is an untried real solution {tr['solution_rate']:.0%} of the time, else \
+a random chain, never a repeat; each value is off by 1-3 with probability {tr['error_rate']:.0%}; a candidate whose \
+stated value is the target is marked {tr['hit_mark']!r}. Values in the think block stay in 0..{tr['max_value_in_think']}.
 - Tokenizer: WordLevel; whole integers 0..{tr['max_value_in_think']}, tags, operators, space and newline are tokens \
 ({recipe['tokenizer']['vocab_size']} tokens). Load with `AutoTokenizer.from_pretrained(dir)`.
 - Pretraining: {t['steps']} steps x {t['batch_size']} rows, AdamW lr {t['lr']} (warmup, cosine), loss on the \

@@ -2,33 +2,37 @@
 
 Every document is one `compact` prompt and one response in R1-Zero's shape:
 
-    "3 7 12=22:" + "<think>3*7=21 21-12=9\n12+7=19 19+3=22</think><answer>12+7+3</answer>"
+    "3 7 12=22:" + "<think>3*7=21 21-12=9\n12+7=19 19+3=22 ok</think><answer>12+7+3</answer>"
 
 The think block is a list of candidates, one per line. A candidate is a chain over all three
 numbers, "x o y=v w o' z=u" where the second equation combines v with the remaining number (either
 side), so it maps one-to-one onto an answer expression: (x o y) o' z or z o' (x o y), written with
-the fewest brackets. Its stated values may be wrong. The line break after a candidate (go on) or
-`</think>` (stop) is the single token where the model decides whether to keep searching.
+the fewest brackets. A candidate whose stated final value is the target is marked " ok" (the thinker
+noticing a hit; it judges the value it wrote, which may be wrong). The line break after a candidate
+(go on) or `</think>` (stop) is the single token where the model decides whether to keep searching.
 
-The traces are deliberately a poor teacher, so that the base model is weak and RL has room:
-- candidates are mostly unsystematic: a random chain (uniform over the chains whose intermediate
-  values stay whole numbers in 0..max_value_in_think), a real solution only `solution_rate` of the time;
-- arithmetic is often wrong: each stated value is off by 1-3 with probability `error_rate`;
-- search is mostly shallow: a `shallow` trace writes 1-2 candidates whatever they reach (1 most of the
-  time), and only a `deep` trace keeps trying until a candidate states the target;
-- answers are often unverified: a shallow trace answers with its last candidate whatever it reached
-  (or, by default 10% of the time, with an expression it never computed); a deep trace answers with
-  the candidate that stated the target (or, failing that, like a shallow one).
-An earlier version answered shallow traces with a fresh expression 30% of the time: RL on that model
-learned to answer without looking at its think block (fewer equations, worse arithmetic), so the
-answer now follows the think block and the think block is what RL can improve.
-So the base model's greedy habit is one candidate and its expression, right or not; the better policy
-(keep searching while nothing reached the target, compute right, answer with the candidate that did)
-is in the data, and therefore in the model, but rare. Nothing rewards the think block itself: the
-reward is the Countdown verifier on the answer alone.
+The traces are a poor teacher with a better policy inside (version 3):
+- the number of candidates is geometric (after each one, go on with probability `continue_rate`, at
+  most `max_candidates`) and INDEPENDENT of whether any candidate hit: the thinker often stops on a
+  miss and often goes on past an "ok";
+- the answer always copies the LAST candidate's expression, so the base's accuracy is about the
+  chance that its last candidate hits;
+- candidates never repeat within a trace; each is a real solution with probability `solution_rate`,
+  else a random chain (uniform over those whose values stay whole in 0..max_value_in_think);
+- arithmetic is rarely wrong (each stated value off by 1-3 with probability `error_rate`), so the
+  model's sampled arithmetic stays sharp and a stated hit is usually a real one.
+The better policy, "go on while no candidate is ok, stop at the first ok and copy it", is a choice
+the same model already makes at every line end (only at the wrong moments): RL has to tie `</think>`
+to the " ok" it writes, and to prefer real solutions as candidates. Nothing rewards the think block
+itself: the reward is the Countdown verifier on the answer alone.
+
+Earlier versions, and why they were replaced (bench/RESULTS.md): v1 answered 30% of shallow traces
+with a fresh expression, v2 wrote mostly one candidate (25% deep searches), 10% arithmetic errors and
+an answer tied to the search outcome; RL on both learned to answer past a decorative think block.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 from dataclasses import dataclass
@@ -43,27 +47,25 @@ OPS = ("+", "-", "*", "/")
 
 @dataclass(frozen=True)
 class TraceShape:
-    """How the synthetic thinker behaves (probabilities per trace, per candidate or per value)."""
+    """How the synthetic thinker behaves (probabilities per candidate or per value)."""
 
-    deep_rate: float = 0.25  # traces that search until a candidate states the target
-    max_candidates: int = 4  # a deep trace gives up after this many
-    two_candidate_rate: float = 0.2  # shallow traces with 2 candidates instead of 1
-    solution_rate: float = 0.2  # candidates drawn from the problem's solutions instead of at random
-    error_rate: float = 0.1  # stated values off by 1-3
-    last_answer_rate: float = 0.9  # shallow: answer = the last candidate, reached the target or not
-    other_answer_rate: float = 0.0  # shallow: answer = an earlier candidate (else a fresh random one)
+    continue_rate: float = 0.5  # after each candidate, write another (geometric; mean 1/(1-rate))
+    max_candidates: int = 8  # never more than this (what fits the 128-position context)
+    solution_rate: float = 0.15  # candidates drawn from the problem's (untried) solutions instead of at random
+    error_rate: float = 0.02  # stated values off by 1-3
+    hit_mark: str = " ok"  # written after a candidate whose stated value is the target ("" = none)
     max_value_in_think: int = 400  # candidates keep every intermediate value in 0..this
 
     def __post_init__(self) -> None:
-        for name in ("deep_rate", "two_candidate_rate", "solution_rate", "error_rate", "last_answer_rate",
-                     "other_answer_rate"):
+        for name in ("continue_rate", "solution_rate", "error_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
-        if self.last_answer_rate + self.other_answer_rate > 1.0:
-            raise ValueError("last_answer_rate + other_answer_rate must be <= 1")
         if self.max_candidates < 1 or self.max_value_in_think < 1:
             raise ValueError("max_candidates and max_value_in_think must be >= 1")
+        if any(c.isdigit() or c in "=+-*/()\n<>" for c in self.hit_mark):
+            raise ValueError(f"hit_mark must not hold digits, operators, brackets, '=', '<', '>' or newlines: "
+                             f"{self.hit_mark!r}")
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,11 @@ class Chain:
         if self.first:
             return _left_tree(x, self.o1, y, self.o2, z)
         return _right_tree(z, self.o2, x, self.o1, y)
+
+    @functools.cached_property
+    def true_text(self) -> str:
+        """The think line with the true values (cached: traces compare it against every line written)."""
+        return self.text(self.v1, self.v2)
 
     def text(self, stated1: int, stated2: int) -> str:
         """The think line, with the values the thinker believes (possibly wrong)."""
@@ -128,40 +135,30 @@ def _stated(value: int, shape: TraceShape, rng: random.Random) -> int:
 def trace_response(numbers: Sequence[int], target: int, chains: list[Chain], shape: TraceShape,
                    rng: random.Random) -> str:
     """One response "<think>...</think><answer>...</answer>" for a problem (see the module docstring)."""
-    solutions = [c for c in chains if c.v2 == target]
-    deep = rng.random() < shape.deep_rate
-    if deep:
-        budget = shape.max_candidates
-    else:
-        budget = 2 if rng.random() < shape.two_candidate_rate else 1
+    # Two chains read the same when a value repeats a number ("9-6=3 3/3=1"): never write a line twice.
+    texts = [c.true_text for c in chains]
+    distinct = len(set(texts))
     tried: list[Chain] = []
-    lines, hit = [], None
-    while len(tried) < budget:
-        pool = solutions if solutions and rng.random() < shape.solution_rate else chains
-        fresh = [c for c in pool if c not in tried] or [c for c in chains if c not in tried]
-        if not fresh:
-            break
-        chain = rng.choice(fresh)
+    seen: set[str] = set()
+    lines = []
+    while True:
+        untried = [c for c, text in zip(chains, texts) if text not in seen]
+        good = [c for c in untried if c.v2 == target]
+        pool = good if good and rng.random() < shape.solution_rate else untried
+        chain = rng.choice(pool)
         tried.append(chain)
+        seen.add(chain.true_text)
         stated1 = _stated(chain.v1, shape, rng)
         true2 = (_exact(chain.o2, stated1, chain.z) if chain.first else _exact(chain.o2, chain.z, stated1))
         # The second value follows from the (possibly wrong) first one, as a thinker would carry it.
         carried = true2 is not None and 0 <= true2 <= shape.max_value_in_think
         stated2 = _stated(true2 if carried else chain.v2, shape, rng)
-        lines.append(chain.text(stated1, stated2))
-        if deep and stated2 == target:
-            hit = chain
+        lines.append(chain.text(stated1, stated2) + (shape.hit_mark if stated2 == target else ""))
+        # Go on or stop: a coin, whatever this candidate reached.
+        if len(tried) >= shape.max_candidates or len(seen) == distinct \
+                or rng.random() >= shape.continue_rate:
             break
-    draw = rng.random()
-    if hit is not None:
-        answer = hit
-    elif draw < shape.last_answer_rate:
-        answer = tried[-1]
-    elif draw < shape.last_answer_rate + shape.other_answer_rate:
-        answer = rng.choice(tried[:-1] or tried)  # an earlier candidate (the only one, if just one)
-    else:
-        answer = rng.choice(chains)  # an expression it never computed
-    return "<think>" + "\n".join(lines) + "</think>" + answer_text(answer.expression())
+    return "<think>" + "\n".join(lines) + "</think>" + answer_text(tried[-1].expression())
 
 
 def build_thinking_documents(

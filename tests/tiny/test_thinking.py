@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 from fractions import Fraction
 
 import pytest
@@ -61,52 +62,77 @@ def test_traces_are_deterministic_and_leave_out_the_held_out_problems():
         assert response.endswith("</answer>")
 
 
-def _signature(shape: TraceShape, n: int = 3000) -> tuple[dict, list[int]]:
+def _signature(shape: TraceShape, n: int = 3000) -> tuple[dict, list[int], list]:
     docs = build_thinking_documents(n, seed=1, ranges=RANGES, shape=shape)
     numbers = [[int(x) for x in p[:-1].split("=")[0].split()] for p, _ in docs]
     targets = [int(p[:-1].split("=")[1]) for p, _ in docs]
     candidates = [think_block(r).count("\n") + 1 for _, r in docs]
-    return trace_metrics([r for _, r in docs], numbers, targets), candidates
+    return trace_metrics([r for _, r in docs], numbers, targets), candidates, list(zip(docs, numbers, targets))
 
 
-def test_default_traces_are_a_poor_teacher():
-    row, candidates = _signature(TraceShape())
-    shares = {k: candidates.count(k) / len(candidates) for k in range(1, 5)}
-    # Mostly one candidate (75% shallow x 80% single, plus deep traces that hit at once); 4 only when a
-    # deep trace (25%) never stated the target.
-    assert shares[1] > 0.6 and shares[4] < 0.25 and max(candidates) <= 4
+def _true_last_values(line: str) -> set[Fraction]:
+    """The values the last candidate line can really have: its first value recomputed and carried into
+    the second equation (into either operand that shows the stated first value: "20*20" is ambiguous)."""
+    first, second = line.removesuffix(" ok").split(" ")
+    left, stated1 = first.split("=")
+    v1 = evaluate_answer(left, [int(t) for t in re.findall(r"\d+", left)])
+    a, op, b = re.split(r"([+\-*/])", second.split("=")[0])
+    values = set()
+    if a == stated1:
+        values.add(eval_op(op, v1, Fraction(b)))
+    if b == stated1:
+        values.add(eval_op(op, Fraction(a), v1))
+    return values
+
+
+def test_default_traces_are_a_poor_teacher_with_a_better_policy_inside():
+    row, candidates, docs = _signature(TraceShape())
+    shares = {k: candidates.count(k) / len(candidates) for k in range(1, 9)}
+    # Geometric number of candidates (go on with probability 0.5, at most 8): half stop after one.
+    assert 0.45 < shares[1] < 0.55 and 0.2 < shares[2] < 0.3 and max(candidates) <= 8
     assert row["think/equations"] == pytest.approx(2 * sum(candidates) / len(candidates))
-    # Two values per candidate, each wrong 10% of the time (a wrong first value is carried on: the
-    # second is then computed right from it).
-    assert 0.85 < row["think/arithmetic_right"] < 0.95
-    assert row["think/search_success"] < 0.5
-    assert row["think/verified"] < 0.9  # some right answers were never computed
+    assert 0.96 < row["think/arithmetic_right"] < 0.995  # two values per candidate, each wrong 2%
+    stops_after_hit, stops_after_miss, correct, ceiling = [], [], 0, 0
+    for (prompt, response), numbers, target in docs:
+        lines = think_block(response).split("\n")
+        assert len(set(lines)) == len(lines)  # no candidate twice
+        for i, line in enumerate(lines):
+            # The mark says exactly whether the stated value is the target.
+            assert line.endswith(" ok") == (int(line.removesuffix(" ok").rsplit("=", 1)[1]) == target)
+            if i < 7:
+                (stops_after_hit if line.endswith(" ok") else stops_after_miss).append(i == len(lines) - 1)
+        answer = response.split("<answer>")[1].removesuffix("</answer>")
+        assert evaluate_answer(answer, numbers) in _true_last_values(lines[-1])  # the last candidate, always
+        correct += evaluate_answer(answer, numbers) == target
+        ceiling += any(line.endswith(" ok") for line in lines)
+    # Stopping does not depend on a hit: the base model's habit is a coin at every line end.
+    assert abs(sum(stops_after_hit) / len(stops_after_hit) - 0.5) < 0.06
+    assert abs(sum(stops_after_miss) / len(stops_after_miss) - 0.5) < 0.03
+    assert 0.12 < correct / len(docs) < 0.3  # the base: about the chance that the last candidate hits
+    assert ceiling / len(docs) > correct / len(docs) + 0.1  # stopping at the first hit would do better
 
 
 def test_a_perfect_thinker_searches_and_verifies():
-    shape = TraceShape(deep_rate=1.0, solution_rate=1.0, error_rate=0.0, max_candidates=4)
-    row, candidates = _signature(shape, n=500)
+    shape = TraceShape(continue_rate=0.0, solution_rate=1.0, error_rate=0.0)
+    row, candidates, _ = _signature(shape, n=500)
     assert set(candidates) == {1} and row["think/arithmetic_right"] == 1.0
     assert row["think/search_success"] == 1.0 and row["think/verified"] == 1.0
 
 
-def test_deep_traces_stop_at_the_first_stated_target():
+def test_a_thinker_that_never_stops_tries_every_chain_once_up_to_the_cap():
     rng = random.Random(3)
-    shape = TraceShape(deep_rate=1.0, solution_rate=0.3, error_rate=0.2, max_candidates=4)
     numbers, target = [3, 7, 12], 22
     chains = all_chains(numbers, 400)
-    for _ in range(200):
-        response = trace_response(numbers, target, chains, shape, rng)
-        lines = think_block(response).split("\n")
-        stated = [int(line.rsplit("=", 1)[1]) for line in lines]
-        assert target not in stated[:-1] and (stated[-1] == target or len(lines) == 4)
-        if stated[-1] == target:  # the answer is the candidate that stated the target
-            assert response_trace(response, numbers, target).answer_checked or \
-                evaluate_answer(response.split("<answer>")[1].split("</answer>")[0], numbers) != target
+    for cap in (1, 3, 8, len(chains) + 5):
+        shape = TraceShape(continue_rate=1.0, max_candidates=cap, hit_mark="")
+        lines = think_block(trace_response(numbers, target, chains, shape, rng)).split("\n")
+        assert len(lines) == min(cap, len(chains)) and len(set(lines)) == len(lines)
 
 
 def test_bad_shapes_are_refused():
     with pytest.raises(ValueError, match="error_rate"):
         TraceShape(error_rate=1.5)
-    with pytest.raises(ValueError, match="last_answer_rate"):
-        TraceShape(last_answer_rate=0.8, other_answer_rate=0.3)
+    with pytest.raises(ValueError, match="continue_rate"):
+        TraceShape(continue_rate=-0.1)
+    with pytest.raises(ValueError, match="hit_mark"):
+        TraceShape(hit_mark=" =ok")

@@ -252,7 +252,7 @@ def test_random_text_matches_the_oracle(pieces, problem):
 
 @settings(max_examples=300, deadline=None)
 @given(_PROBLEM, st.integers(0, 2**32 - 1), st.floats(0, 1), st.floats(0, 1), st.floats(0, 0.5))
-def test_synthetic_traces_match_the_oracle(problem, seed, deep, solution, error):
+def test_synthetic_traces_match_the_oracle(problem, seed, go_on, solution, error):
     from fastzero.tiny.thinking import TraceShape, all_chains, trace_response
 
     numbers, _ = problem
@@ -260,7 +260,7 @@ def test_synthetic_traces_match_the_oracle(problem, seed, deep, solution, error)
     assume(chains)
     rng = random.Random(seed)
     target = rng.choice(chains).v2  # a reachable target (may lie outside 1..50: the metrics do not care)
-    shape = TraceShape(deep_rate=deep, solution_rate=solution, error_rate=error)
+    shape = TraceShape(continue_rate=go_on, solution_rate=solution, error_rate=error)
     response = trace_response(numbers, target, chains, shape, rng)
     cut = rng.randint(0, len(response))  # and every truncation of it
     _check(response, numbers, target)
