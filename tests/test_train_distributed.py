@@ -100,6 +100,16 @@ def rank_train(opts: dict, resume: bool = False, stop_after: int | None = None) 
     return train(opts, resume=resume, stop_after=stop_after)
 
 
+def rank_train_loading_everywhere(opts: dict) -> dict:
+    """A run whose ranks each load the whole checkpoint before sharding (the path meta-device
+    loading replaced), to compare with today's."""
+    from fastzero import sharded_loading
+    from tests.test_sharded_loading import load_everywhere_then_shard
+
+    sharded_loading.load_models_sharded = load_everywhere_then_shard
+    return train(opts)
+
+
 def without_eval(row: dict) -> dict:
     return {k: v for k, v in row.items() if not k.startswith("eval/")}
 
@@ -150,6 +160,16 @@ def test_ppo_with_a_critic_on_two_ranks(tmp_path):
     got = run_ranks(2, rank_train, options("ppo", str(tmp_path / "two")))[0]
     assert any("critic/loss" in r for r in got["rows"])
     assert_same_run(got, expected)
+
+
+@pytest.mark.slow
+def test_meta_device_loading_trains_exactly_like_loading_everywhere(tmp_path):
+    """PPO with a KL term: the policy, its reference and the critic all come through the loader."""
+    expected = run_ranks(2, rank_train_loading_everywhere, options("ppo", str(tmp_path / "old")))[0]
+    got = run_ranks(2, rank_train, options("ppo", str(tmp_path / "new")))[0]
+    assert got["rows"] == expected["rows"]
+    for name, weight in expected["weights"].items():
+        assert torch.equal(got["weights"][name], weight), name
 
 
 @pytest.mark.slow
