@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from . import checkpoint as ckpt
-from .distributed import broadcast_object
+from .distributed import all_reduce_max, broadcast_object
 from .manifest import newest_intact, step_directories
 from .model import CriticModel
 from .sharded_checkpoint import is_sharded_checkpoint, load_full_into_sharded, load_sharded, save_sharded
@@ -60,7 +60,10 @@ def save_run(run: "Run") -> str:
     models = {"policy": run.models.policy}
     if run.models.critic is not None:
         models["critic"] = run.models.critic
-    if not weights_are_finite(*models.values()):
+    finite = weights_are_finite(*models.values())
+    if run.dist.enabled:  # each rank sees its shards: all of them save, or none (a save is collective)
+        finite = all_reduce_max(int(not finite), run.dist) == 0
+    if not finite:
         kept = f"step {run.saved_step}" if run.saved_step is not None else "none yet"
         raise NonFiniteWeights(f"the weights are no longer finite at step {run.state.step} (lower --lr or "
                                f"--grad-clip); no checkpoint was written over the last good one ({kept})")
