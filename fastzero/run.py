@@ -66,10 +66,8 @@ class Run:
         self.wall_started = time.perf_counter()
         torch.set_num_threads(cfg.run.threads or default_threads())
         self.device = self.dist.device if self.dist.enabled else resolve_device(cfg.run.device)
-        if self.dist.enabled:  # not built for torchrun yet: ranks would disagree on rounds / shard PEFT layers
-            for name in ("dynamic_sampling", "lora_rank"):
-                if cfg.get(name):
-                    raise ValueError(f"--{name.replace('_', '-')} does not run under torchrun yet (single process only)")
+        if self.dist.enabled and cfg.model.lora_rank:  # not built for torchrun yet: PEFT layers under FSDP2
+            raise ValueError("--lora-rank does not run under torchrun yet (single process only)")
         backends = choose_backends(self.device, cfg.model.dtype, cfg.model.attn_implementation)
         random.seed(cfg.run.seed)
         torch.manual_seed(cfg.run.seed)

@@ -155,6 +155,18 @@ def test_three_ranks_train_like_one_process(one_process_grpo, tmp_path):
 
 
 @pytest.mark.slow
+def test_dynamic_sampling_on_two_ranks_trains_like_one_process(tmp_path):
+    """DAPO: rounds until the global batch holds --prompts-per-step informative groups, overlong
+    shaping and masking; the ranks agree on the rounds and share the kept groups out evenly."""
+    dapo = dict(dynamic_sampling=True, max_sampling_rounds=3, overlong_buffer=4, mask_truncated=True,
+                prompts_per_step=4, mini_batch_size=8)
+    expected = train(options("grpo", str(tmp_path / "one"), **dapo))
+    got = run_ranks(2, rank_train, options("grpo", str(tmp_path / "two"), **dapo))[0]
+    assert any(r.get("sampling/rounds", 0) > 1 for r in expected["rows"])  # extra rounds did run
+    assert_same_run(got, expected)
+
+
+@pytest.mark.slow
 def test_ppo_with_a_critic_on_two_ranks(tmp_path):
     expected = train(options("ppo", str(tmp_path / "one")))
     got = run_ranks(2, rank_train, options("ppo", str(tmp_path / "two")))[0]
