@@ -66,8 +66,6 @@ class Run:
         self.wall_started = time.perf_counter()
         torch.set_num_threads(cfg.run.threads or default_threads())
         self.device = self.dist.device if self.dist.enabled else resolve_device(cfg.run.device)
-        if self.dist.enabled and cfg.model.lora_rank:  # not built for torchrun yet: PEFT layers under FSDP2
-            raise ValueError("--lora-rank does not run under torchrun yet (single process only)")
         backends = choose_backends(self.device, cfg.model.dtype, cfg.model.attn_implementation)
         random.seed(cfg.run.seed)
         torch.manual_seed(cfg.run.seed)
@@ -92,8 +90,8 @@ class Run:
             from .sharded_loading import load_models_sharded
 
             self.models = Models(*load_models_sharded(model_path, critic_path, self.load_options, self.dist,
-                                                      reference=cfg.algorithm.kl_coef > 0,
-                                                      offload=cfg.run.fsdp_offload))
+                                                      reference=cfg.algorithm.kl_coef > 0, offload=cfg.run.fsdp_offload,
+                                                      lora=cfg.model if cfg.model.lora_rank else None))
         else:
             self.models = _load_models(cfg, model_path, critic_path, self.load_options)
         policy, critic = self.models.policy, self.models.critic

@@ -122,19 +122,38 @@ def share_rng_state(ctx: DistContext) -> None:
 
 
 def load_models_sharded(model_path: str, critic_path: str | None, load_options: dict[str, Any], ctx: DistContext, *,
-                        reference: bool, offload: bool) -> tuple[nn.Module, nn.Module | None, CriticModel | None]:
-    """(policy, reference or None, critic or None), all sharded, rank 0 the only reader of weights."""
+                        reference: bool, offload: bool, lora: Any = None) -> tuple:
+    """(policy, reference or None, critic or None, LoraAdapters or None), all sharded, rank 0 the
+    only reader of weights. lora: the ModelConfig when --lora-rank > 0: the adapters are injected
+    into the empty policy before it is sharded (and into rank 0's source, which draws their initial
+    values from the RNG as one process does); the reference is then the policy with them disabled."""
+    from .lora import add_adapters
     from .sharding import shard_model
 
+    adapters: list[Any] = []
+
+    def with_adapters(model: nn.Module) -> nn.Module:
+        adapters.append(add_adapters(model, lora))
+        return model
+
+    def read(path: str, **options: Any) -> nn.Module:
+        source = source_causal_lm(path, **options)
+        if lora is not None:
+            add_adapters(source, lora)
+        return source
+
     frozen = lambda model: model.eval().requires_grad_(False)  # noqa: E731 - the reference, as in one process
-    loaded = load_sharded(model_path, ctx, build=empty_causal_lm, read=source_causal_lm, options=load_options,
-                          shard=lambda m: shard_model(m, ctx, offload=offload),
-                          variants=(lambda m: m, frozen) if reference else (lambda m: m,))
-    policy, ref = loaded[0], (loaded[1] if reference else None)
+    if lora is not None:
+        variants = (with_adapters,)
+    else:
+        variants = (lambda m: m, frozen) if reference else (lambda m: m,)
+    loaded = load_sharded(model_path, ctx, build=empty_causal_lm, read=read, options=load_options,
+                          shard=lambda m: shard_model(m, ctx, offload=offload), variants=variants)
+    policy = loaded[0]
+    ref = (policy if lora is not None else loaded[1]) if reference else None
     critic = None
     if critic_path is not None:
         critic = load_sharded(critic_path, ctx, build=empty_critic, read=source_critic, options=load_options,
                               shard=lambda m: shard_model(m, ctx, offload=offload, fp32_modules=(m.value_head,)))[0]
     share_rng_state(ctx)
-    return policy, ref, critic
-
+    return policy, ref, critic, (adapters[0] if adapters else None)

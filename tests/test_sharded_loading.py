@@ -42,7 +42,7 @@ def load_everywhere_then_shard(model_path: str, critic_path: str | None, load_op
             shard_model(model, ctx, offload=offload)
     if critic is not None:
         shard_model(critic, ctx, offload=offload, fp32_modules=(critic.value_head,))
-    return policy, ref, critic
+    return policy, ref, critic, None
 
 
 def rank_load_both_ways(policy_dir: str) -> dict:
@@ -52,11 +52,11 @@ def rank_load_both_ways(policy_dir: str) -> dict:
     options = dict(dtype=torch.float32, device=torch.device("cpu"), attn_implementation="sdpa",
                    gradient_checkpointing=False)
     torch.manual_seed(5)
-    models = load_models_sharded(policy_dir, policy_dir, options, ctx, reference=True, offload=False)
+    models = load_models_sharded(policy_dir, policy_dir, options, ctx, reference=True, offload=False)[:3]
     new = {"models": [local_state(m) for m in models], "rng": torch.get_rng_state(),
            "training": [[mod.training for mod in m.modules()] for m in models], "eos": models[0].generation_config.eos_token_id}
     torch.manual_seed(5)
-    old_models = load_everywhere_then_shard(policy_dir, policy_dir, options, ctx, reference=True, offload=False)
+    old_models = load_everywhere_then_shard(policy_dir, policy_dir, options, ctx, reference=True, offload=False)[:3]
     old = {"models": [local_state(m) for m in old_models], "rng": torch.get_rng_state(),
            "training": [[mod.training for mod in m.modules()] for m in old_models], "eos": old_models[0].generation_config.eos_token_id}
     return {"new": new, "old": old}

@@ -167,6 +167,25 @@ def test_dynamic_sampling_on_two_ranks_trains_like_one_process(tmp_path):
 
 
 @pytest.mark.slow
+def test_lora_on_two_ranks_trains_like_one_process(tmp_path):
+    """PEFT adapters injected before fully_shard, AdamW over the adapters only, the reference as the
+    base with adapters off; final/ holds the adapter (and the merged model) as one process writes."""
+    pytest.importorskip("peft")
+    lora = dict(lora_rank=4, lora_alpha=8.0, kl_coef=0.01, lora_save_merged=True)
+    expected = train(options("grpo", str(tmp_path / "one"), **lora))
+    got = run_ranks(2, rank_train, options("grpo", str(tmp_path / "two"), **lora))[0]
+    assert any(".lora_B." in name for name in got["weights"])
+    assert_same_run(got, expected)
+    from safetensors.torch import load_file
+
+    for name in ("adapter/adapter_model.safetensors", "model.safetensors"):
+        one, two = load_file(str(tmp_path / "one" / "final" / name)), load_file(str(tmp_path / "two" / "final" / name))
+        assert set(one) == set(two), name
+        for key, tensor in one.items():
+            assert float((two[key] - tensor).abs().max()) <= 2 * STEPS * 2 * LR, (name, key)
+
+
+@pytest.mark.slow
 def test_ppo_with_a_critic_on_two_ranks(tmp_path):
     expected = train(options("ppo", str(tmp_path / "one")))
     got = run_ranks(2, rank_train, options("ppo", str(tmp_path / "two")))[0]
