@@ -26,7 +26,7 @@ def local_state(model) -> dict[str, torch.Tensor]:
 
 
 def load_everywhere_then_shard(model_path: str, critic_path: str | None, load_options: dict, ctx, *,
-                               reference: bool, offload: bool) -> tuple:
+                               reference: bool, offload: bool, lora=None) -> tuple:
     """The path sharded_loading replaced (load_models_sharded's signature): every rank loads the
     whole checkpoint, then shards it."""
     import copy
@@ -34,6 +34,7 @@ def load_everywhere_then_shard(model_path: str, critic_path: str | None, load_op
     from fastzero.model import CriticModel, load_causal_lm
     from fastzero.sharding import shard_model
 
+    assert lora is None, "the old path had no LoRA under torchrun"
     policy, _ = load_causal_lm(model_path, **load_options)
     ref = copy.deepcopy(policy).eval().requires_grad_(False) if reference else None
     critic = CriticModel.from_pretrained(critic_path, **load_options) if critic_path is not None else None
