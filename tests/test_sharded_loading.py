@@ -8,6 +8,7 @@ import os
 import threading
 import time
 
+import pytest
 import torch
 
 from fastzero.distributed import init_distributed
@@ -121,6 +122,7 @@ def rank_peak_memory(warm_up_dir: str, policy_dir: str) -> int:
     return peak[0]
 
 
+@pytest.mark.slow
 def test_only_rank_zero_holds_a_full_copy(tmp_path_factory):
     """Measured, not assumed: rank 0's peak grows by at least the model (its source copy), rank 1's
     by its half shard plus one tensor in flight - well under the model's size."""
