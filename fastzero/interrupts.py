@@ -12,11 +12,22 @@ at once: there is either nothing new to save or only a consistent state.
 
 Both signals are treated alike (exit status 130 either way): SIGTERM is what schedulers and
 `timeout` send, and it deserves the same clean stop as Ctrl-C.
+
+Under torchrun (fastzero/loop.py): a signal may reach only some ranks, or reach them during
+different steps, so the stop is agreed: between steps every rank all-reduces whether it holds a
+request (one int), and when any does, all of them stop at that same boundary and write one
+checkpoint together. Ctrl-C in a terminal reaches torchrun's agent only (its workers run in
+sessions of their own), which forwards it to every worker; a scheduler that signals every process
+of the job (Slurm's scancel) reaches each worker twice, directly and through the agent: a repeat
+of the pending signal within `repeat_window_s` (2 s under torchrun) is that echo, not a second
+request to stop at once. torchrun SIGKILLs its workers --shutdown-timeout seconds (default 30)
+after forwarding a signal: raise it above a step plus a checkpoint for the stop to complete.
 """
 from __future__ import annotations
 
 import signal
 import sys
+import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -39,9 +50,11 @@ def _stderr(message: str) -> None:
 class Interrupts:
     """SIGINT/SIGTERM handling for one run (main thread only)."""
 
-    def __init__(self, say: Callable[[str], None] = _stderr):
+    def __init__(self, say: Callable[[str], None] = _stderr, *, repeat_window_s: float = 0.0):
         self.say = say
         self.pending: int | None = None  # the signal received during a step, if any
+        self.repeat_window_s = repeat_window_s  # the same signal again this soon is an echo (see above)
+        self._pending_since = 0.0
         self._in_step = False
         self._previous: dict[int, object] = {}
 
@@ -67,10 +80,12 @@ class Interrupts:
         if not self._in_step:
             raise KeyboardInterrupt(name)
         if self.pending is None:
-            self.pending = signum
+            self.pending, self._pending_since = signum, time.monotonic()
             self.say(f"\n{name}: finishing this step, then saving a checkpoint and stopping "
                      "(send it again to stop at once; this step is then not saved)")
             return
+        if signum == self.pending and time.monotonic() - self._pending_since < self.repeat_window_s:
+            return  # torchrun's agent forwarding the Ctrl-C every worker already received
         raise StepAborted(name)
 
     @contextmanager
@@ -81,6 +96,11 @@ class Interrupts:
             yield
         finally:
             self._in_step = False
+
+    def request(self, signum: int) -> None:
+        """A stop asked for elsewhere (another rank's signal): this rank stops at the next check too."""
+        if self.pending is None:
+            self.pending, self._pending_since = signum, time.monotonic()
 
     def check(self) -> None:
         """Between steps: raise StopRequested if a signal arrived during the last one."""

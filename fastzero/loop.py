@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 
-from .distributed import broadcast_object
+from .distributed import all_reduce_max, broadcast_object
 from .optim import NonFiniteError
 from .report import Reporter
 from .resume import save_run
@@ -45,9 +45,13 @@ def train_loop(run, reporter: Reporter | None = None, interrupts=None) -> dict[s
         final = trainer.evaluate() if start_step else state.eval_start
     last_eval = None
     while step < cfg.run.max_steps:
-        if interrupts is not None:
-            interrupts.check()  # a signal during the last step: stop here, at a consistent state
-        with step_scope():
+        with step_scope():  # the check too: under torchrun it is a collective, no signal may cut it
+            if interrupts is not None:
+                if run.dist.enabled:  # a stop any rank was asked for is every rank's (interrupts.py)
+                    asked = all_reduce_max(interrupts.pending or 0, run.dist)
+                    if asked:
+                        interrupts.request(asked)
+                interrupts.check()  # a signal during the last step: stop here, at a consistent state
             step += 1
             step_started = time.perf_counter()
             try:

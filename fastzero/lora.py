@@ -58,23 +58,35 @@ class LoraAdapters:
                 continue
             owner, sep, leaf = name.rpartition(".base_layer.")
             if not sep:
-                yield name, param.detach()
+                yield name, _full(param.detach())
                 continue
             layer = self.layers[owner]
-            tensor = param.detach()
+            tensor = _full(param.detach())
             if leaf == "weight":
-                tensor = tensor + layer.get_delta_weight(ADAPTER).to(tensor.dtype)
+                tensor = tensor + self._delta(layer).to(tensor.dtype)
             yield f"{owner}.{leaf}", tensor
+
+    @staticmethod
+    def _delta(layer) -> torch.Tensor:
+        """(alpha / r) B A; under FSDP2 from the gathered factors (collective: every rank asks)."""
+        lora_a, lora_b = layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight
+        if not hasattr(lora_a, "full_tensor"):
+            return layer.get_delta_weight(ADAPTER)
+        return (_full(lora_b.detach()) @ _full(lora_a.detach())) * layer.scaling[ADAPTER]
 
     def save_adapter(self, folder: str) -> None:
         self.peft_model.save_pretrained(folder)
 
-    def save_merged(self, folder: str, save) -> None:
-        """A plain transformers model directory of base + adapter (the policy itself is left as it is)."""
+    def save_merged(self, folder: str | None, save) -> None:
+        """A plain transformers model directory of base + adapter (the policy itself is left as it is).
+        Sharded: collective, and only the rank given a folder (rank 0) writes."""
+        merged = dict(self.merged_named_tensors())
+        if folder is None:
+            return
         config = self.model.config
         with torch.device("meta"):  # no random init, no second allocation: the merged tensors are assigned
             plain = type(self.model)(config)
-        missing, unexpected = plain.load_state_dict(dict(self.merged_named_tensors()), strict=False, assign=True)
+        missing, unexpected = plain.load_state_dict(merged, strict=False, assign=True)
         untouched = {k for k in missing if "lm_head" in k}  # tied to the embedding
         if set(missing) - untouched or unexpected:
             raise RuntimeError(f"merged LoRA weights do not match the model: missing {sorted(set(missing) - untouched)}, "
@@ -83,6 +95,11 @@ class LoraAdapters:
             plain.tie_weights()
         plain.generation_config = self.model.generation_config
         save(plain, folder)
+
+
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a sharded (DTensor) parameter; a plain one as it is."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
 def save_final_policy(policy: nn.Module, lora: LoraAdapters | None, folder: str, *, merged: bool,
@@ -94,6 +111,20 @@ def save_final_policy(policy: nn.Module, lora: LoraAdapters | None, folder: str,
         save(policy, folder)
         return
     lora.save_adapter(os.path.join(folder, "adapter"))
+    if merged:
+        lora.save_merged(folder, save)
+
+
+def save_final_sharded(lora: LoraAdapters, folder: str | None, ctx, *, merged: bool, save) -> None:
+    """final/ of a LoRA run on several ranks (collective; rank 0, the one given a folder, writes):
+    the adapter from the gathered state dict in PEFT's format, and the merged model on request."""
+    from .sharding import full_state_dict
+
+    state = full_state_dict(lora.model, ctx)  # every parameter gathered to rank 0
+    if folder is not None:
+        prefixed = {"base_model.model." + name: tensor for name, tensor in state.items()}  # PeftModel's names
+        lora.peft_model.save_pretrained(os.path.join(folder, "adapter"), state_dict=prefixed)
+    del state
     if merged:
         lora.save_merged(folder, save)
 

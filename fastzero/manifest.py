@@ -34,7 +34,8 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _files(folder: str) -> list[str]:
+def checkpoint_files(folder: str) -> list[str]:
+    """Every file under `folder` but the manifest, as sorted relative '/' paths."""
     out = []
     for here, dirs, names in os.walk(folder):
         dirs.sort()
@@ -50,15 +51,23 @@ def _hash_all(folder: str, names: list[str]) -> list[str]:
         return list(pool.map(lambda name: _sha256(os.path.join(folder, name)), names))
 
 
-def write_manifest(folder: str) -> None:
-    """Record every file under `folder` (size and SHA-256) in `folder/manifest.json`, durably."""
-    names = _files(folder)
+def file_entries(folder: str, names: list[str]) -> dict[str, dict]:
+    """{name: {"bytes", "sha256"}} for the files `names` under `folder` (hashed in parallel threads)."""
     digests = _hash_all(folder, names)
-    files = {name: {"bytes": os.path.getsize(os.path.join(folder, name)), "sha256": digest}
-             for name, digest in zip(names, digests)}
+    return {name: {"bytes": os.path.getsize(os.path.join(folder, name)), "sha256": digest}
+            for name, digest in zip(names, digests)}
+
+
+def write_manifest(folder: str, *, entries: dict[str, dict] | None = None, extra: dict | None = None) -> None:
+    """Record every file under `folder` (size and SHA-256) in `folder/manifest.json`, durably.
+
+    entries: the files' records when the caller hashed them already (a sharded checkpoint's ranks
+    hash a share each); extra: more top-level fields (a sharded checkpoint's world_size).
+    """
+    files = entries if entries is not None else file_entries(folder, checkpoint_files(folder))
     path = os.path.join(folder, MANIFEST)
     with open(path, "w") as fh:
-        json.dump({"format": 1, "files": files}, fh, indent=1, sort_keys=True)
+        json.dump({**(extra or {}), "format": 1, "files": files}, fh, indent=1, sort_keys=True)
         fh.write("\n")
         fh.flush()
         os.fsync(fh.fileno())

@@ -104,8 +104,11 @@ def choose_backends(device: str | torch.device = "cpu", dtype: str | torch.dtype
     return ModelBackends(attn_implementation, liger_ok if use_liger is None else bool(use_liger), dtype, device)
 
 
-def _finish(model: nn.Module, backends: ModelBackends, gradient_checkpointing: bool) -> nn.Module:
-    model.to(backends.device)
+def _finish(model: nn.Module, backends: ModelBackends, gradient_checkpointing: bool, *, move: bool = True) -> nn.Module:
+    """Device, Liger patches (in place: no new parameters) and activation checkpointing; move=False
+    for a model built on the meta device, which FSDP materializes on the device later."""
+    if move:
+        model.to(backends.device)
     if backends.liger:
         from liger_kernel.transformers import _apply_liger_kernel_to_instance
 

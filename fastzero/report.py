@@ -63,7 +63,17 @@ def finish_run(run) -> dict[str, Any]:
         from .sharded_checkpoint import save_full_pretrained
 
         with atomic_directory(os.path.join(run.output_dir, "final")) if run.dist.is_main else _nowhere() as staging:
-            save_full_pretrained(run.models.policy, str(staging), run.dist, tokenizer=run.tokenizer)
+            if run.models.lora is None:
+                save_full_pretrained(run.models.policy, str(staging), run.dist, tokenizer=run.tokenizer)
+            else:  # the adapter (and the merged model on request), as one process writes them
+                from .lora import save_final_sharded
+
+                save_final_sharded(run.models.lora, str(staging) if staging is not None else None, run.dist,
+                                   merged=run.config.model.lora_save_merged, save=lambda model, folder: save_model(
+                                       model, folder, saved_dtype(run.config.model.save_dtype,
+                                                                  resolve_model_path(run.config.model.model_path))))
+                if staging is not None:
+                    run.tokenizer.save_pretrained(staging)
         if not run.dist.is_main:
             return {}
     else:

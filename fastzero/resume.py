@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from . import checkpoint as ckpt
-from .manifest import newest_intact
+from .distributed import all_reduce_max, broadcast_object
+from .manifest import newest_intact, step_directories
 from .model import CriticModel
 from .sharded_checkpoint import is_sharded_checkpoint, load_full_into_sharded, load_sharded, save_sharded
 from .state import TrainState
@@ -59,7 +60,10 @@ def save_run(run: "Run") -> str:
     models = {"policy": run.models.policy}
     if run.models.critic is not None:
         models["critic"] = run.models.critic
-    if not weights_are_finite(*models.values()):
+    finite = weights_are_finite(*models.values())
+    if run.dist.enabled:  # each rank sees its shards: all of them save, or none (a save is collective)
+        finite = all_reduce_max(int(not finite), run.dist) == 0
+    if not finite:
         kept = f"step {run.saved_step}" if run.saved_step is not None else "none yet"
         raise NonFiniteWeights(f"the weights are no longer finite at step {run.state.step} (lower --lr or "
                                f"--grad-clip); no checkpoint was written over the last good one ({kept})")
@@ -79,9 +83,17 @@ def save_run(run: "Run") -> str:
 def restore_run(run: "Run") -> int | None:
     """Load the newest intact checkpoint of `run.checkpoints` into the run; returns its step, or
     None when there is none (the run then starts from step 0 with its saved config)."""
-    path, notes = newest_intact(run.checkpoints)
+    # Under torchrun rank 0 verifies (the checkpoint is on a filesystem every rank shares) and
+    # every rank goes on with its verdict, so all of them load the same one or stop together.
+    path, notes = broadcast_object(newest_intact(run.checkpoints) if run.dist.is_main else None, run.dist)
     for note in notes:
         run.say(f"warning: {note}")
+    if path is None and step_directories(run.checkpoints):
+        damaged = "; ".join(note.removeprefix("skipped damaged checkpoint ") for note in notes
+                            if note.startswith("skipped damaged"))
+        raise ValueError(f"--resume {run.output_dir}: no intact checkpoint under {run.checkpoints} ({damaged}); "
+                         "restore the damaged files (or move those step-* directories away to start again "
+                         "from step 0)")
     if path is None:
         run.say(f"--resume: no intact checkpoint under {run.checkpoints}: starting from step 0 with the saved config")
         return None
@@ -129,11 +141,9 @@ def _save_sharded(run: "Run", models: dict[str, torch.nn.Module]) -> str:
     saved = dataclasses.replace(run.state, rng={"shuffle": rng["shuffle"]}, data=run.data.position(),
                                 wall_seconds=run.wall_seconds())
     optimizers = {"policy": run.optimizers.policy, "critic": run.optimizers.critic}
-    path = save_sharded(run.checkpoints, run.state.step, models=models, optimizers=optimizers,
-                        state=saved.to_dict(), rank_state={k: rng[k] for k in _RANK_OWN}, ctx=run.dist)
-    if run.dist.is_main:
-        run.tokenizer.save_pretrained(os.path.join(path, "tokenizer"))
-    return path
+    return save_sharded(run.checkpoints, run.state.step, models=models, optimizers=optimizers,
+                        state=saved.to_dict(), rank_state={k: rng[k] for k in _RANK_OWN}, ctx=run.dist,
+                        tokenizer=run.tokenizer)
 
 
 def _restore_sharded(run: "Run", path: str) -> int:

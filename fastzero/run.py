@@ -69,10 +69,6 @@ class Run:
         self.wall_started = time.perf_counter()
         torch.set_num_threads(cfg.run.threads or default_threads())
         self.device = self.dist.device if self.dist.enabled else resolve_device(cfg.run.device)
-        if self.dist.enabled:  # not built for torchrun yet: ranks would disagree on rounds / shard PEFT layers
-            for name in ("dynamic_sampling", "lora_rank"):
-                if cfg.get(name):
-                    raise ValueError(f"--{name.replace('_', '-')} does not run under torchrun yet (single process only)")
         backends = choose_backends(self.device, cfg.model.dtype, cfg.model.attn_implementation)
         random.seed(cfg.run.seed)
         torch.manual_seed(cfg.run.seed)
@@ -89,20 +85,19 @@ class Run:
         self.load_options = dict(dtype=backends.dtype, device=self.device,
                                  attn_implementation=backends.attn_implementation,
                                  gradient_checkpointing=cfg.model.gradient_checkpointing)
-        policy, _ = load_causal_lm(model_path, **self.load_options)
-        lora = add_adapters(policy, cfg.model) if cfg.model.lora_rank else None
-        reference = None
-        if cfg.algorithm.kl_coef > 0:  # LoRA: the base is the policy with adapters off (no copy)
-            reference = policy if lora is not None else copy.deepcopy(policy).eval().requires_grad_(False)
-        critic = None
+        critic_path = None
         if cfg.algorithm.estimator == "ppo":
             critic_path = resolve_model_path(cfg.model.critic_path or cfg.model.model_path)
-            critic = CriticModel.from_pretrained(critic_path, **self.load_options)
-        self.models = Models(policy, reference, critic, lora)
-        if self.dist.enabled:  # shard before the optimizers are built: they step the shards
-            from .sharding import shard_models
+        if self.dist.enabled:  # sharded before the optimizers are built (they step the shards), and
+            # rank 0 alone reads the weights: the others build on the meta device (sharded_loading.py)
+            from .sharded_loading import load_models_sharded
 
-            shard_models(self.models, self.dist, offload=cfg.run.fsdp_offload)
+            self.models = Models(*load_models_sharded(model_path, critic_path, self.load_options, self.dist,
+                                                      reference=cfg.algorithm.kl_coef > 0, offload=cfg.run.fsdp_offload,
+                                                      lora=cfg.model if cfg.model.lora_rank else None))
+        else:
+            self.models = _load_models(cfg, model_path, critic_path, self.load_options)
+        policy, critic = self.models.policy, self.models.critic
         self.optimizers = Optimizers(cfg.optimizer, policy, critic)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.stop_ids = tuple(sorted(_stop_ids(policy, self.tokenizer)))
@@ -148,6 +143,17 @@ class Run:
     def wall_seconds(self) -> float:
         """Wall time of the whole run, across resumes."""
         return time.perf_counter() - self.wall_started + self.state.wall_seconds
+
+
+def _load_models(cfg: Config, model_path: str, critic_path: str | None, load_options: dict) -> Models:
+    """The policy, reference and critic of a one-process run, each loaded whole on its device."""
+    policy, _ = load_causal_lm(model_path, **load_options)
+    lora = add_adapters(policy, cfg.model) if cfg.model.lora_rank else None
+    reference = None
+    if cfg.algorithm.kl_coef > 0:  # LoRA: the base is the policy with adapters off (no copy)
+        reference = policy if lora is not None else copy.deepcopy(policy).eval().requires_grad_(False)
+    critic = CriticModel.from_pretrained(critic_path, **load_options) if critic_path is not None else None
+    return Models(policy, reference, critic, lora)
 
 
 def _make_engine(cfg: Config, policy: nn.Module, model_path: str, dtype: torch.dtype, stop_ids, pad_id, *,

@@ -46,8 +46,13 @@ def _disk_failure(err: OSError, run, output_dir: str) -> int:
     return 1
 
 
-def _interrupted(run, output_dir: str, *, consistent: bool) -> int:
-    """Save the state of the last completed step if it is not on disk yet; say what was kept."""
+def _interrupted(run, output_dir: str, *, consistent: bool, agreed: bool = True) -> int:
+    """Save the state of the last completed step if it is not on disk yet; say what was kept.
+
+    agreed: every rank stops here too (StopRequested under torchrun comes after the ranks agreed on
+    it, fastzero/loop.py); a signal outside a step stops one rank alone, which must not start a
+    collective save the others never join.
+    """
     from .resume import NonFiniteWeights, save_run
 
     if run is None:
@@ -60,7 +65,7 @@ def _interrupted(run, output_dir: str, *, consistent: bool) -> int:
     if run.state.step == 0:
         _say(f"\ninterrupted before the first step; nothing to save; {_continue_hint(run, output_dir)}")
         return EXIT_CODE
-    if run.dist.enabled:  # a save is collective and another rank may be gone (torchrun stops the job)
+    if run.dist.enabled and not agreed:  # a save is collective and another rank may be gone
         _say(f"\nrank {run.dist.rank}: interrupted at step {run.state.step}; kept {_kept(run)}; "
              f"{_continue_hint(run, output_dir)}")
         return EXIT_CODE
@@ -74,7 +79,10 @@ def _interrupted(run, output_dir: str, *, consistent: bool) -> int:
         return 1
     except OSError as err:
         return _disk_failure(err, run, output_dir)
-    _say(f"\ninterrupted: checkpoint saved at step {run.state.step} ({path}); continue with --resume {output_dir}")
+    if run.dist.is_main:
+        ranks = f" by all {run.dist.world_size} ranks" if run.dist.enabled else ""
+        _say(f"\ninterrupted: checkpoint saved at step {run.state.step}{ranks} ({path}); continue with "
+             f"--resume {output_dir}")
     return EXIT_CODE
 
 
@@ -103,7 +111,7 @@ def train_session(config: Config, output_dir: str, interrupts: Interrupts) -> in
         except StepAborted:
             return _interrupted(run, output_dir, consistent=False)
         except KeyboardInterrupt:  # outside a step: start-up, the first evaluation, or finishing
-            return _interrupted(run, output_dir, consistent=True)
+            return _interrupted(run, output_dir, consistent=True, agreed=False)
         except (NonFiniteWeights, RunStopped) as err:
             _say(f"error: {err}; kept {_kept(run)}")
             return 1

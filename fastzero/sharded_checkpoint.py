@@ -8,10 +8,16 @@ single-process format of fastzero.checkpoint):
     trainer_state.pt     what is the same on every rank (step, counters, data position, the
                          mini-batch shuffling RNG), written by rank 0, plus the world size
     rank-00003.pt        what each rank owns: its torch / Python / rollout-engine RNG states
+    tokenizer/           the run's tokenizer (rank 0)
+    manifest.json        size and SHA-256 of every file above, and the world size (last)
 Atomic: rank 0 creates a staging directory (fastzero.atomic.atomic_directory) and broadcasts its
-name, every rank writes its part, a barrier, then rank 0 swaps the directory in and replaces
+name, every rank writes its part, a barrier; then each rank hashes a share of the files (every
+world_size-th of the sorted list), rank 0 gathers the records and writes manifest.json (the
+one-process format of fastzero/manifest.py, plus world_size), swaps the directory in and replaces
 `latest`; a job killed at any moment leaves the previous checkpoint intact (and a `.tmp-*`
-directory that the next save removes).
+directory that the next save removes). Resume verifies the manifest like a one-process
+checkpoint's (fastzero.manifest.newest_intact; on rank 0, which broadcasts the verdict): a
+missing, truncated or altered shard is named before anything is loaded.
 
 Changing the number of ranks on resume:
 - model and optimizer state load on ANY world size, 1 included: DCP re-slices each stored tensor
@@ -35,7 +41,8 @@ from torch import nn
 
 from .atomic import TMP_PREFIX, atomic_directory, atomic_write_text
 from .checkpoint import LATEST
-from .distributed import DistContext, barrier, broadcast_object
+from .distributed import DistContext, all_gather_object, barrier, broadcast_object
+from .manifest import checkpoint_files, file_entries, write_manifest
 
 TRAINER_STATE = "trainer_state.pt"
 
@@ -62,7 +69,7 @@ def _state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> d
 
 def save_sharded(root: str, step: int, *, models: dict[str, nn.Module],
                  optimizers: dict[str, torch.optim.Optimizer | None], state: dict[str, Any],
-                 rank_state: dict[str, Any], ctx: DistContext, keep: int = 2) -> str:
+                 rank_state: dict[str, Any], ctx: DistContext, keep: int = 2, tokenizer: Any = None) -> str:
     """Write checkpoint `step` under `root` from every rank (collective); returns its path."""
     import torch.distributed.checkpoint as dcp
 
@@ -76,7 +83,10 @@ def save_sharded(root: str, step: int, *, models: dict[str, nn.Module],
         torch.save(rank_state, os.path.join(staging, _rank_file(ctx.rank)))
         if ctx.is_main:
             torch.save({**state, "world_size": ctx.world_size}, os.path.join(staging, TRAINER_STATE))
-        barrier(ctx)  # every rank's files are complete before rank 0 swaps the directory in
+            if tokenizer is not None:
+                tokenizer.save_pretrained(os.path.join(staging, "tokenizer"))
+        barrier(ctx)  # every rank's files are complete before they are hashed
+        write_sharded_manifest(staging, ctx)
 
     if ctx.is_main:
         with atomic_directory(final) as staging:  # a re-save of the same step replaces it
@@ -87,6 +97,16 @@ def save_sharded(root: str, step: int, *, models: dict[str, nn.Module],
         write_parts(None)
     barrier(ctx)
     return final
+
+
+def write_sharded_manifest(staging: str, ctx: DistContext) -> None:
+    """manifest.json of a complete staging directory: each rank hashes a share, rank 0 writes it."""
+    names = broadcast_object(checkpoint_files(staging) if ctx.is_main else None, ctx)
+    entries: dict[str, dict] = {}
+    for part in all_gather_object(file_entries(staging, names[ctx.rank::ctx.world_size]), ctx):
+        entries.update(part)
+    if ctx.is_main:
+        write_manifest(staging, entries=entries, extra={"world_size": ctx.world_size})
 
 
 def _prune(root: str, *, keep: int, current: str) -> None:

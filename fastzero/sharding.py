@@ -79,6 +79,10 @@ def shard_model(model: nn.Module, ctx: DistContext, *, offload: bool = False,
         fully_shard(module, **{**options, "mp_policy": MixedPrecisionPolicy(param_dtype=torch.float32,
                                                                              reduce_dtype=torch.float32)})
     fully_shard(model, **options)
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        # Built on the meta device (fastzero/sharded_loading.py): storage for this rank's shards
+        # only, filled from rank 0 afterwards. FSDP refuses to initialise with meta parameters.
+        model.to_empty(device=torch.device("cpu") if offload else ctx.device)
     model._get_fsdp_state()._lazy_init()  # make `model` the root now (see docstring)
     return model
 

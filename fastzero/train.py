@@ -98,7 +98,10 @@ def config_from_args(argv: list[str] | None) -> Config:
 def main(argv: list[str] | None = None) -> int:
     """Exit status: 0 done, 1 the run failed (message says why and what was kept), 2 bad usage,
     130 interrupted (SIGINT or SIGTERM; the directory can always be continued with --resume)."""
-    interrupts = Interrupts()
+    # Under torchrun (its variables; fastzero.distributed would import torch before the handlers are
+    # in) a scheduler's signal can arrive twice, directly and via the agent: see fastzero/interrupts.py.
+    under_torchrun = all(name in os.environ for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    interrupts = Interrupts(repeat_window_s=2.0 if under_torchrun else 0.0)
     interrupts.install()  # first: a signal during start-up is a clean exit too
     try:
         return _main(argv, interrupts)

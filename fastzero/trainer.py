@@ -59,7 +59,7 @@ class Trainer:
         self.cfg, self.models, self.optimizers, self.engine = config, models, optimizers, engine
         # Under torchrun each rank trains a contiguous slice of every step's prompts; the step's
         # global row of this rank's local row 0 (see fastzero/distributed.py for the whole split).
-        self.dist, self.first_row = dist, 0
+        self.dist, self.first_row, self.global_rows = dist, 0, 0
         self.data, self.decode, self.scorer, self.state = data, decode, scorer, state
         self.shuffle_generator, self.device, self.pad_id, self.stop_ids = shuffle_generator, device, pad_id, stop_ids
         self.timer = PhaseTimer(state.phase_seconds)
@@ -77,7 +77,10 @@ class Trainer:
     def step(self, step: int) -> tuple[dict[str, float], Episodes]:
         """Sample, score and train on one batch of prompts; returns the metrics row and the episodes."""
         r, a = self.cfg.rollout, self.cfg.algorithm
-        sample = sample_step(self.sample_round, r)  # one round, or DAPO's dynamic sampling
+        sample = sample_step(self.sample_round, r, self.dist)  # one round, or DAPO's dynamic sampling
+        if sample.first_row is not None:  # dynamic sampling shared the kept groups out anew
+            self.first_row = sample.first_row
+        self.global_rows = sample.global_rows or r.prompts_per_step * r.samples_per_prompt
         episodes = sample.episodes
         scores = torch.tensor(sample.rewards)  # the task's scores (+ the overlong penalty when on)
         batch = collate(episodes.prompt_ids, episodes.response_ids, pad_id=self.pad_id, device=self.device,
@@ -103,13 +106,17 @@ class Trainer:
         tokens = int(batch.attention_mask.sum())
         kl_ref = float(kl.sum() / batch.response_mask.sum().clamp(min=1)) if kl is not None else None
         failures = episodes.reward_failures
+        truncated = batch.truncated if batch.truncated is not None else torch.zeros(len(batch), dtype=torch.bool)
+        truncated_share = float(truncated.float().mean())
         task_scores = torch.tensor(sample.generated_scores)  # every response generated this step
         trained_rows = len(episodes)
         if self.dist.enabled:  # the step's numbers over all ranks' rows
             task_scores = all_gather_rows(task_scores, self.dist)
             sums = reduce_sums({"generated": generated, "tokens": tokens, "rows": trained_rows,
+                                "truncated": float(truncated.sum()),
                                 "kl": float(kl.sum()) if kl is not None else 0.0}, self.dist)
             generated, tokens, trained_rows = int(sums["generated"]), int(sums["tokens"]), int(sums["rows"])
+            truncated_share = sums["truncated"] / max(1, trained_rows)
             kl_ref = sums["kl"] / max(1, generated) if kl is not None else None
             failures = {key: int(value) for key, value in reduce_sums(failures, self.dist).items()}
         self.state.tokens += tokens
@@ -126,7 +133,7 @@ class Trainer:
             **stats,
         }
         if r.mask_truncated or r.overlong_buffer:
-            row["overlong/truncated_share"] = float(batch.truncated.float().mean())
+            row["overlong/truncated_share"] = truncated_share
         if kl_ref is not None:
             row["kl/ref"] = kl_ref
         return row, episodes
@@ -222,7 +229,7 @@ class Trainer:
         updates = 0
         dist = self.dist
         # Mini-batches are sets of global rows, drawn alike on every rank (see fastzero/distributed.py).
-        n_rows = self.cfg.rollout.prompts_per_step * self.cfg.rollout.samples_per_prompt if dist.enabled else len(batch)
+        n_rows = self.global_rows if dist.enabled else len(batch)
         for _ in range(a.ppo_epochs):
             for mini in minibatches(n_rows, a.mini_batch_size, self.shuffle_generator):
                 if dist.enabled:

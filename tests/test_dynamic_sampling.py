@@ -88,6 +88,68 @@ def test_off_is_one_round_untouched():
     assert sampler.calls == [3] and out.stats == {} and out.rewards is out.episodes.scores
 
 
+class SlicedRounds(ScriptedRounds):
+    """The scripted rounds as a rank of a torchrun job sees them: its slice of each round's prompts."""
+
+    def __init__(self, rounds, ctx, lengths=3):
+        super().__init__(rounds, lengths)
+        self.ctx = ctx
+
+    def __call__(self, count: int) -> Episodes:
+        from fastzero.distributed import prompt_slice
+
+        full = super().__call__(count)
+        share = prompt_slice(count, self.ctx)
+        rows = slice(share.start * 2, share.stop * 2)
+        return Episodes(**{name: getattr(full, name)[rows] for name in
+                           ("problems", "prompt_ids", "response_ids", "sampler_logprobs", "finish_reasons",
+                            "texts", "scores")}, reward_failures={"reward/errors": self.ctx.rank + 1})
+
+
+def rank_sample_step(rounds, cfg: RolloutConfig):
+    from fastzero.distributed import init_distributed
+
+    ctx = init_distributed("cpu")
+    sampler = SlicedRounds(rounds, ctx)
+    return sample_step(sampler, cfg, ctx), len(sampler.calls)
+
+
+SCRIPTS = {  # group size 2; 4 prompts per round (ranks 0 and 1 hold prompts 0-1 and 2-3)
+    "fills-across-ranks": [[(1, 1), (0, 0), (0, 1), (1, 0)], [(1, 0), (0, 0), (1, 1), (0, 1)],
+                           [(0, 1), (1, 0), (1, 0), (0, 1)]],
+    "cut-inside-rank-0": [[(0, 1), (1, 0), (0, 1), (1, 1)], [(0, 1), (1, 0), (0, 1), (0, 1)]],
+    "round-cap": [[(1, 1), (0, 0), (0, 0), (0, 1)], [(0, 0), (1, 0), (1, 1), (1, 1)]],
+}
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_two_ranks_keep_exactly_the_groups_one_process_keeps(script):
+    """The ranks' shares, concatenated, are one process's batch, row for row, with its stats."""
+    from tests._distributed import run_ranks
+
+    cfg = RolloutConfig(prompts_per_step=4, samples_per_prompt=2, max_new_tokens=4, dynamic_sampling=True,
+                        max_sampling_rounds=2, overlong_buffer=2, overlong_penalty=1.0)
+    one = sample_step(ScriptedRounds(SCRIPTS[script]), cfg)
+    shares = run_ranks(2, rank_sample_step, SCRIPTS[script], cfg)
+    assert [calls for _, calls in shares] == [one.stats["sampling/rounds"]] * 2  # the same rounds everywhere
+    assert [s.stats for s, _ in shares] == [one.stats] * 2
+    assert sum((s.episodes.problems for s, _ in shares), []) == one.episodes.problems
+    assert sum((s.rewards for s, _ in shares), []) == one.rewards
+    assert [s.first_row for s, _ in shares] == [0, len(shares[0][0].episodes)]
+    assert {s.global_rows for s, _ in shares} == {len(one.episodes)}
+    assert sum(s.episodes.reward_failures["reward/errors"] for s, _ in shares) == 3 * one.stats["sampling/rounds"]
+
+
+def test_fewer_kept_groups_than_ranks_train_on_the_last_round():
+    from tests._distributed import run_ranks
+
+    cfg = RolloutConfig(prompts_per_step=4, samples_per_prompt=2, max_new_tokens=4, dynamic_sampling=True,
+                        max_sampling_rounds=1)
+    shares = run_ranks(2, rank_sample_step, [[(1, 1), (0, 0), (0, 1), (1, 1)]], cfg)
+    assert [s.stats["sampling/kept_groups"] for s, _ in shares] == [1.0, 1.0]
+    assert [len(s.episodes) for s, _ in shares] == [4, 4] and {s.first_row for s, _ in shares} == {None}
+
+
 def test_few_steps_with_dynamic_sampling_and_overlong_handling(tmp_path):
     out = tmp_path / "run"
     args = TINY + ["--max-steps", "2", "--dynamic-sampling", "true", "--max-sampling-rounds", "2",

@@ -43,6 +43,29 @@ def test_a_second_signal_aborts_the_step(interrupts):
     assert reached == ["after the first"] and len(said) == 1
 
 
+def test_under_torchrun_an_echo_of_the_pending_signal_is_not_a_second_one():
+    """A scheduler's SIGTERM arrives directly and again through torchrun's agent, moments apart."""
+    said = []
+    handler = Interrupts(say=said.append, repeat_window_s=60.0)
+    with handler.installed():
+        with handler.step():
+            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)  # the echo: the step still finishes
+        assert handler.pending == signal.SIGTERM and len(said) == 1
+        with pytest.raises(StepAborted):  # another signal is still a second request
+            with handler.step():
+                signal.raise_signal(signal.SIGINT)
+
+
+def test_a_stop_asked_for_by_another_rank_stops_here_too(interrupts):
+    handler, said = interrupts
+    handler.request(signal.SIGTERM)
+    handler.request(signal.SIGINT)  # the first request stands
+    assert handler.pending == signal.SIGTERM and not said
+    with pytest.raises(StopRequested):
+        handler.check()
+
+
 def test_outside_a_step_a_signal_stops_at_once(interrupts):
     handler, _ = interrupts
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -141,6 +141,20 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(reference, tmp
     assert_same_run(reference, out)
 
 
+def test_resume_with_every_checkpoint_damaged_is_an_error_naming_them(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(ARGS + ["--max-steps", "2", "--output-dir", str(out)]) == 0
+    for step in (1, 2):
+        (out / "checkpoints" / f"step-00000{step}" / "optimizers.pt").unlink()
+    rows = (out / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    assert main(["--resume", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "no intact checkpoint" in err and "Traceback" not in err
+    assert all(f"step-00000{s}" in err and "optimizers.pt is missing" in err for s in (1, 2))
+    assert (out / "metrics.jsonl").read_text() == rows  # nothing was trained
+
+
 def _disk_full_on(monkeypatch, call: int):
     """The `call`-th file torch writes for a checkpoint fails as on a full disk."""
     real, count = ckpt_module.torch_save, [0]

@@ -4,7 +4,10 @@ Loading only re-slices stored tensors (no arithmetic), so weights and optimizer 
 back bit for bit whatever the world size."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -95,8 +98,46 @@ def test_directory_is_complete_and_atomic(saved_on_two):
     _, root, saved = saved_on_two
     assert is_sharded_checkpoint(saved["path"])
     assert open(os.path.join(root, "latest")).read().strip() == "step-000001"
-    assert sorted(os.listdir(saved["path"])) == ["policy", "rank-00000.pt", "rank-00001.pt", "trainer_state.pt"]
+    assert sorted(os.listdir(saved["path"])) == ["manifest.json", "policy", "rank-00000.pt", "rank-00001.pt",
+                                                  "trainer_state.pt"]
     assert not [d for d in os.listdir(root) if d.startswith(".tmp-")]
+
+
+def test_manifest_records_every_file_and_the_world_size(saved_on_two):
+    from fastzero.manifest import MANIFEST, checkpoint_files, verify_checkpoint
+
+    _, _, saved = saved_on_two
+    manifest = json.load(open(os.path.join(saved["path"], MANIFEST)))
+    assert manifest["world_size"] == 2
+    files = checkpoint_files(saved["path"])
+    assert sorted(manifest["files"]) == sorted(files)
+    assert {"policy/.metadata", "policy/__0_0.distcp", "policy/__1_0.distcp", "rank-00001.pt"} <= set(files)
+    for name in files:  # the ranks hashed a share each: every record is the file's own digest
+        digest = hashlib.sha256(open(os.path.join(saved["path"], name), "rb").read()).hexdigest()
+        assert manifest["files"][name] == {"bytes": os.path.getsize(os.path.join(saved["path"], name)),
+                                           "sha256": digest}
+    assert verify_checkpoint(saved["path"]) is None
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete", "flip"])
+def test_a_damaged_shard_is_named(saved_on_two, tmp_path, damage):
+    from fastzero.manifest import newest_intact
+
+    _, root, _ = saved_on_two
+    copy = tmp_path / "checkpoints"
+    shutil.copytree(root, copy)
+    shard = copy / "step-000001" / "policy" / "__1_0.distcp"
+    data = shard.read_bytes()
+    if damage == "truncate":
+        shard.write_bytes(data[: len(data) // 2])
+    elif damage == "delete":
+        shard.unlink()
+    else:
+        shard.write_bytes(data[:100] + bytes([data[100] ^ 1]) + data[101:])
+    path, notes = newest_intact(str(copy))
+    assert path is None
+    expected = {"truncate": "is truncated", "delete": "is missing", "flip": "is corrupt"}[damage]
+    assert f"{shard} {expected}" in notes[0]
 
 
 def test_resume_on_one_process_without_a_process_group(saved_on_two):
@@ -160,3 +201,38 @@ def test_one_process_checkpoint_resumes_on_two_ranks(tmp_path_factory):
     expected = full_state(policy, optimizer)
     got = run_ranks(2, rank_load_one_process_checkpoint, policy_dir, path)[0]
     assert_same(got, expected)
+
+
+def rank_main(argv: list[str]) -> tuple[int, str]:
+    """`python -m fastzero.train ARGV` on this rank: (exit status, what it wrote to stderr)."""
+    import contextlib
+    import io
+
+    from fastzero.train import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        status = main(argv)
+    return status, err.getvalue()
+
+
+@pytest.mark.slow
+def test_resume_from_a_damaged_sharded_run_stops_before_training(tmp_path):
+    """A real 2-rank run's checkpoint, a shard truncated / a rank file deleted: resuming on 2 ranks
+    and on 1 exits 2 with a message naming the file, without a traceback or a step trained."""
+    from tests.test_train_distributed import options, rank_train
+
+    out = tmp_path / "run"
+    run_ranks(2, rank_train, options("grpo", str(out), max_steps=1, save_every=1), False, 1)
+    rows = (out / "metrics.jsonl").read_text()
+    shard = out / "checkpoints" / "step-000001" / "policy" / "__0_0.distcp"
+    intact = shard.read_bytes()
+    shard.write_bytes(intact[:-7])
+    for status, err in run_ranks(2, rank_main, ["--resume", str(out), "--threads", "1"]):
+        assert status == 2 and "Traceback" not in err, err
+        assert f"{shard} is truncated" in err and "no intact checkpoint" in err
+    shard.write_bytes(intact)
+    os.unlink(out / "checkpoints" / "step-000001" / "rank-00001.pt")
+    status, err = rank_main(["--resume", str(out), "--threads", "1"])  # one process: verified the same way
+    assert status == 2 and "Traceback" not in err and "rank-00001.pt is missing" in err, err
+    assert (out / "metrics.jsonl").read_text() == rows

@@ -100,6 +100,16 @@ def rank_train(opts: dict, resume: bool = False, stop_after: int | None = None) 
     return train(opts, resume=resume, stop_after=stop_after)
 
 
+def rank_train_loading_everywhere(opts: dict) -> dict:
+    """A run whose ranks each load the whole checkpoint before sharding (the path meta-device
+    loading replaced), to compare with today's."""
+    from fastzero import sharded_loading
+    from tests.test_sharded_loading import load_everywhere_then_shard
+
+    sharded_loading.load_models_sharded = load_everywhere_then_shard
+    return train(opts)
+
+
 def without_eval(row: dict) -> dict:
     return {k: v for k, v in row.items() if not k.startswith("eval/")}
 
@@ -145,11 +155,52 @@ def test_three_ranks_train_like_one_process(one_process_grpo, tmp_path):
 
 
 @pytest.mark.slow
+def test_dynamic_sampling_on_two_ranks_trains_like_one_process(tmp_path):
+    """DAPO: rounds until the global batch holds --prompts-per-step informative groups, overlong
+    shaping and masking; the ranks agree on the rounds and share the kept groups out evenly."""
+    dapo = dict(dynamic_sampling=True, max_sampling_rounds=3, overlong_buffer=4, mask_truncated=True,
+                prompts_per_step=4, mini_batch_size=8)
+    expected = train(options("grpo", str(tmp_path / "one"), **dapo))
+    got = run_ranks(2, rank_train, options("grpo", str(tmp_path / "two"), **dapo))[0]
+    assert any(r.get("sampling/rounds", 0) > 1 for r in expected["rows"])  # extra rounds did run
+    assert_same_run(got, expected)
+
+
+@pytest.mark.slow
+def test_lora_on_two_ranks_trains_like_one_process(tmp_path):
+    """PEFT adapters injected before fully_shard, AdamW over the adapters only, the reference as the
+    base with adapters off; final/ holds the adapter (and the merged model) as one process writes."""
+    pytest.importorskip("peft")
+    lora = dict(lora_rank=4, lora_alpha=8.0, kl_coef=0.01, lora_save_merged=True)
+    expected = train(options("grpo", str(tmp_path / "one"), **lora))
+    got = run_ranks(2, rank_train, options("grpo", str(tmp_path / "two"), **lora))[0]
+    assert any(".lora_B." in name for name in got["weights"])
+    assert_same_run(got, expected)
+    from safetensors.torch import load_file
+
+    for name in ("adapter/adapter_model.safetensors", "model.safetensors"):
+        one, two = load_file(str(tmp_path / "one" / "final" / name)), load_file(str(tmp_path / "two" / "final" / name))
+        assert set(one) == set(two), name
+        for key, tensor in one.items():
+            assert float((two[key] - tensor).abs().max()) <= 2 * STEPS * 2 * LR, (name, key)
+
+
+@pytest.mark.slow
 def test_ppo_with_a_critic_on_two_ranks(tmp_path):
     expected = train(options("ppo", str(tmp_path / "one")))
     got = run_ranks(2, rank_train, options("ppo", str(tmp_path / "two")))[0]
     assert any("critic/loss" in r for r in got["rows"])
     assert_same_run(got, expected)
+
+
+@pytest.mark.slow
+def test_meta_device_loading_trains_exactly_like_loading_everywhere(tmp_path):
+    """PPO with a KL term: the policy, its reference and the critic all come through the loader."""
+    expected = run_ranks(2, rank_train_loading_everywhere, options("ppo", str(tmp_path / "old")))[0]
+    got = run_ranks(2, rank_train, options("ppo", str(tmp_path / "new")))[0]
+    assert got["rows"] == expected["rows"]
+    for name, weight in expected["weights"].items():
+        assert torch.equal(got["weights"][name], weight), name
 
 
 @pytest.mark.slow
