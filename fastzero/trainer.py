@@ -214,7 +214,7 @@ class Trainer:
             mb = batch.select(rows)
             width = mb.input_ids.shape[1]
             logp = sequence_logprobs(models.policy, mb.input_ids, mb.attention_mask, mb.response_mask,
-                                     temperature=temperature)
+                                     temperature=temperature, shared_prefix=self.cfg.algorithm.shared_prefix)
             ref_logp = None
             if ref is not None:
                 with models.reference_scope():  # LoRA: the policy with its adapters disabled
@@ -330,7 +330,8 @@ class Trainer:
         if a.is_correction != "none" and rollout is None:
             raise ValueError(f"--is-correction {a.is_correction}: the rollout engine returned no log-probs")
         if a.fused_loss:
-            resp = response_tokens(policy, mb.input_ids, mb.attention_mask, mb.response_mask)
+            resp = response_tokens(policy, mb.input_ids, mb.attention_mask, mb.response_mask,
+                                   shared_prefix=a.shared_prefix)
             per_sequence = a.loss_mode == "gspo" or (a.is_correction != "none" and a.is_level == "sequence")
             return fused_linear_policy_loss(  # old_logp None: on-policy (the pass' own log-probs)
                 resp.hidden, lm_head_weight(policy), resp.targets,
@@ -342,7 +343,7 @@ class Trainer:
                 temperature=temperature, **options)
         use_entropy = a.entropy_coef > 0
         out = sequence_logprobs(policy, mb.input_ids, mb.attention_mask, mb.response_mask,
-                                temperature=temperature, return_entropy=use_entropy)
+                                temperature=temperature, return_entropy=use_entropy, shared_prefix=a.shared_prefix)
         logp, entropy = out if use_entropy else (out, None)
         old_logp = logp.detach() if old_logp is None else old_logp  # on-policy: ratio exactly 1
         return policy_loss(logp, old_logp, advantages, mb.response_mask, ref_logp=ref_logp, entropy=entropy,
