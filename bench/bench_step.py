@@ -19,8 +19,10 @@ FLOPs are the job's nominal model FLOPs, the same for both loops: 2N per token g
 tokens included: prefill), 2N per token scored for old log-probs, 6N per token updated (forward +
 backward), for every sequence, N = the matmul weights (LM head included, embedding lookup not),
 plus attention's 4 x layers x hidden x context per token and pass. Ours skips work the naive loop
-does (one prefill per prompt, no gradient for zero-advantage groups), so its actual FLOPs are fewer:
-its "achieved" rate is the nominal job over its time, directly comparable with the naive loop's.
+does (one prefill per prompt, no gradient for zero-advantage groups, no separate old-log-prob
+forward when the update is on-policy, each prompt run once in the update's forward), so its actual
+FLOPs are fewer: its "achieved" rate is the nominal job over its time, directly comparable with the
+naive loop's.
 """
 from __future__ import annotations
 

@@ -4,7 +4,8 @@
      (dynamic_sampling.sample_step: one round, or DAPO's rounds until the batch is full; overlong penalty)
   -> collate into a SequenceBatch (with the sampler's log-probs and finish reasons)
   -> old / ref log-probs and values for the rows that carry a gradient (hidden states ->
-     fused_logprobs; never [tokens x vocab] logits)
+     fused_logprobs; never [tokens x vocab] logits); skipped when the update is on-policy
+     (Trainer.on_policy: the loss takes the old log-probs from its own forward)
   -> compute_advantages (the one entry point: group methods, REINFORCE++, GAE)
   -> PPO epochs over mini-batches, micro-batches by token budget, gradient accumulation,
      Optimizers.step (clip, warm-up, AdamW) -> weight sync to the rollout engine -> metrics row.
