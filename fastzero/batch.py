@@ -47,26 +47,28 @@ def collate(prompts: list[list[int]], responses: list[list[int]], *, pad_id: int
             raise ValueError(f"collate: {len(extra)} {name} for {len(responses)} responses")
     lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
     width = max(lengths, default=1)
+    # Vectorized: one flat tensor of every row's tokens, written through the row-major [B, L] masks
+    # (a Python loop of per-row slice writes cost ~20 ms per 512 rows on CPU).
+    length_t = torch.tensor(lengths, dtype=torch.long)
+    prompt_t = torch.tensor([len(p) for p in prompts], dtype=torch.long)
+    columns = torch.arange(width)[None, :]
+    real = columns < length_t[:, None]
+    is_response = real & (columns >= prompt_t[:, None])
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(prompts), width), dtype=torch.long)
-    response = torch.zeros((len(prompts), width), dtype=torch.float32)
-    for row, (p, r) in enumerate(zip(prompts, responses)):
-        n = len(p) + len(r)
-        ids[row, :n] = torch.tensor(p + r, dtype=torch.long)
-        attention[row, :n] = 1
-        response[row, len(p):n] = 1.0
+    ids[real] = torch.tensor([t for p, r in zip(prompts, responses) for t in (*p, *r)], dtype=torch.long)
+    attention = real.long()
+    response = is_response.float()
     sampler = None
     if rollout_logprobs is not None:
-        sampler = torch.zeros((len(prompts), width), dtype=torch.float32)
-        for row, (p, r, logp) in enumerate(zip(prompts, responses, rollout_logprobs)):
+        for row, (r, logp) in enumerate(zip(responses, rollout_logprobs)):
             if len(logp) != len(r):
                 raise ValueError(f"collate: response {row} has {len(r)} tokens but {len(logp)} log-probs")
-            sampler[row, len(p):len(p) + len(r)] = torch.tensor(logp, dtype=torch.float32)
+        sampler = torch.zeros((len(prompts), width), dtype=torch.float32)
+        sampler[is_response] = torch.tensor([x for logp in rollout_logprobs for x in logp], dtype=torch.float32)
         sampler = sampler.to(device)
     truncated = (torch.tensor([reason == "length" for reason in finish_reasons], dtype=torch.bool)
                  if finish_reasons is not None else None)
-    return SequenceBatch(ids.to(device), attention.to(device), response.to(device),
-                         torch.tensor(lengths, dtype=torch.long), sampler, truncated)
+    return SequenceBatch(ids.to(device), attention.to(device), response.to(device), length_t, sampler, truncated)
 
 
 def last_response_index(response_mask: torch.Tensor) -> torch.Tensor:

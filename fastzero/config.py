@@ -125,6 +125,8 @@ class AlgorithmConfig:
     entropy_coef: float = opt(0.0, "entropy bonus coefficient")
     fused_loss: bool = opt(True, "policy loss straight from hidden states in one pass over the vocabulary "
                                  "(false: log-probs, then the loss; the same numbers, more work)")
+    shared_prefix: bool = opt(True, "training forwards run each distinct prompt once and share its KV cache among "
+                                    "its samples (sdpa/eager attention; the same numbers up to rounding)")
     loss_agg: str = opt("token-mean", "loss aggregation", AGGREGATIONS)
     loss_mode: str = opt("ppo", "policy loss: ppo = token-ratio clip, gspo = sequence-ratio clip (geometric mean "
                                 "of token ratios), cispo = clipped stop-gradient IS weight on a REINFORCE term", LOSS_MODES)

@@ -266,10 +266,13 @@ class ResponseTokens:
 
 
 def response_tokens(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    response_mask: torch.Tensor, *, packed: bool | None = None) -> ResponseTokens:
+                    response_mask: torch.Tensor, *, packed: bool | None = None,
+                    shared_prefix: bool = False) -> ResponseTokens:
     """Run the body once and keep the hidden states that predict response tokens (no LM head).
 
-    packed=None packs when the model runs flash_attention_2 (see uses_packing). Differentiable.
+    packed=None packs when the model runs flash_attention_2 (see uses_packing). shared_prefix: run
+    each distinct prompt once and share its KV cache among its rows where that applies
+    (fastzero.shared_prefix; the same hidden states up to rounding). Differentiable.
     """
     if not (input_ids.shape == attention_mask.shape == response_mask.shape) or input_ids.dim() != 2:
         raise ValueError(f"input_ids, attention_mask and response_mask must share one [B, T] shape; got "
@@ -282,6 +285,12 @@ def response_tokens(model: nn.Module, input_ids: torch.Tensor, attention_mask: t
     flat_targets = response.flatten().nonzero().squeeze(-1)
     if not bool(real.flatten()[flat_targets - 1].all()):
         raise ValueError("a response token follows padding: attention_mask must be one contiguous run per row")
+    if shared_prefix:
+        from .shared_prefix import prefix_hidden
+
+        hidden = prefix_hidden(model, input_ids, attention_mask, response_mask, flat_targets)
+        if hidden is not None:
+            return ResponseTokens(hidden, input_ids.flatten()[flat_targets], flat_targets)
     rows, row_of = _token_hidden(model, input_ids, attention_mask, uses_packing(model) if packed is None else packed)
     # The token at flat position p is predicted by the hidden state at p - 1 (same row, checked above).
     return ResponseTokens(rows[row_of[flat_targets - 1]], input_ids.flatten()[flat_targets], flat_targets)
@@ -289,7 +298,8 @@ def response_tokens(model: nn.Module, input_ids: torch.Tensor, attention_mask: t
 
 def sequence_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       response_mask: torch.Tensor, *, temperature: float = 1.0, return_entropy: bool = False,
-                      packed: bool | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                      packed: bool | None = None, shared_prefix: bool = False
+                      ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """log p(input_ids[b, t] | input_ids[b, :t]) at response positions, as [B, T] fp32 (0 elsewhere).
 
     Only the hidden states that predict a response token go through the LM head, via
@@ -298,7 +308,8 @@ def sequence_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask:
     """
     from fastzero.kernels.logprob import fused_logprobs
 
-    tokens = response_tokens(model, input_ids, attention_mask, response_mask, packed=packed)
+    tokens = response_tokens(model, input_ids, attention_mask, response_mask, packed=packed,
+                             shared_prefix=shared_prefix)
     result = fused_logprobs(tokens.hidden, lm_head_weight(model), tokens.targets,
                             temperature=temperature, return_entropy=return_entropy)
     if return_entropy:

@@ -4,7 +4,8 @@
      (dynamic_sampling.sample_step: one round, or DAPO's rounds until the batch is full; overlong penalty)
   -> collate into a SequenceBatch (with the sampler's log-probs and finish reasons)
   -> old / ref log-probs and values for the rows that carry a gradient (hidden states ->
-     fused_logprobs; never [tokens x vocab] logits)
+     fused_logprobs; never [tokens x vocab] logits); skipped when the update is on-policy
+     (Trainer.on_policy: the loss takes the old log-probs from its own forward)
   -> compute_advantages (the one entry point: group methods, REINFORCE++, GAE)
   -> PPO epochs over mini-batches, micro-batches by token budget, gradient accumulation,
      Optimizers.step (clip, warm-up, AdamW) -> weight sync to the rollout engine -> metrics row.
@@ -92,7 +93,10 @@ class Trainer:
         if r.mask_truncated:
             carries_gradient &= ~batch.truncated
         with self.timer.phase("logprobs"):
-            old_logp, ref_logp, old_values = self.score_tokens(batch, carries_gradient)
+            if self.on_policy(len(batch)):  # the update's own forward gives the old log-probs
+                old_logp, ref_logp, old_values = None, None, None
+            else:
+                old_logp, ref_logp, old_values = self.score_tokens(batch, carries_gradient)
         kl = (old_logp - ref_logp) * batch.response_mask if ref_logp is not None else None
         advantages, returns = self.advantages(scores.to(self.device), batch.response_mask, old_values, kl)
 
@@ -193,6 +197,18 @@ class Trainer:
                                      group_size=self.cfg.rollout.samples_per_prompt)
         return everything if skip is None else ~skip
 
+    def on_policy(self, rows: int) -> bool:
+        """True when the step's update is one optimizer step over all its rows (one PPO epoch, one
+        mini-batch) and only the loss reads the old log-probs: the old policy is then the current
+        one, so the loss takes each token's old log-prob from its own forward (old_logp=None:
+        ratio exactly 1) and the separate no-grad forward over the batch is skipped. Not for GSPO
+        or an IS correction (they need the old log-probs before the pass), nor with a reference
+        model (its KL reads them) or a critic (score_tokens computes its values)."""
+        a, models = self.cfg.algorithm, self.models
+        n_rows = self.cfg.rollout.prompts_per_step * self.cfg.rollout.samples_per_prompt if self.dist.enabled else rows
+        return (a.ppo_epochs == 1 and n_rows <= a.mini_batch_size and models.reference is None
+                and models.critic is None and a.loss_mode != "gspo" and a.is_correction == "none")
+
     @torch.no_grad()
     def score_tokens(self, batch: SequenceBatch, carries_gradient: torch.Tensor):
         """Old-policy and reference log-probs, and critic values, for the rows that carry a gradient."""
@@ -206,7 +222,7 @@ class Trainer:
             mb = batch.select(rows)
             width = mb.input_ids.shape[1]
             logp = sequence_logprobs(models.policy, mb.input_ids, mb.attention_mask, mb.response_mask,
-                                     temperature=temperature)
+                                     temperature=temperature, shared_prefix=self.cfg.algorithm.shared_prefix)
             ref_logp = None
             if ref is not None:
                 with models.reference_scope():  # LoRA: the policy with its adapters disabled
@@ -285,7 +301,8 @@ class Trainer:
                 loss_weight, token_mean = torch.zeros_like(loss_weight), torch.zeros_like(token_mean)
             mb = batch.select(rows)
             width = mb.input_ids.shape[1]
-            total, stats = self.policy_loss(mb, old_logp[rows, :width], advantages[rows, :width],
+            total, stats = self.policy_loss(mb, old_logp[rows, :width] if old_logp is not None else None,
+                                            advantages[rows, :width],
                                             ref_logp[rows, :width] if ref_logp is not None else None,
                                             loss_weight[rows, :width])
             share = float(token_mean[rows].sum())  # this micro-batch's share of the mini-batch's tokens
@@ -321,10 +338,12 @@ class Trainer:
         if a.is_correction != "none" and rollout is None:
             raise ValueError(f"--is-correction {a.is_correction}: the rollout engine returned no log-probs")
         if a.fused_loss:
-            resp = response_tokens(policy, mb.input_ids, mb.attention_mask, mb.response_mask)
+            resp = response_tokens(policy, mb.input_ids, mb.attention_mask, mb.response_mask,
+                                   shared_prefix=a.shared_prefix)
             per_sequence = a.loss_mode == "gspo" or (a.is_correction != "none" and a.is_level == "sequence")
-            return fused_linear_policy_loss(
-                resp.hidden, lm_head_weight(policy), resp.targets, resp.gather(old_logp),
+            return fused_linear_policy_loss(  # old_logp None: on-policy (the pass' own log-probs)
+                resp.hidden, lm_head_weight(policy), resp.targets,
+                resp.gather(old_logp) if old_logp is not None else None,
                 resp.gather(advantages), resp.gather(token_weight),
                 ref_logp=resp.gather(ref_logp) if ref_logp is not None else None,
                 rollout_logp=resp.gather(rollout) if rollout is not None else None,
@@ -332,8 +351,9 @@ class Trainer:
                 temperature=temperature, **options)
         use_entropy = a.entropy_coef > 0
         out = sequence_logprobs(policy, mb.input_ids, mb.attention_mask, mb.response_mask,
-                                temperature=temperature, return_entropy=use_entropy)
+                                temperature=temperature, return_entropy=use_entropy, shared_prefix=a.shared_prefix)
         logp, entropy = out if use_entropy else (out, None)
+        old_logp = logp.detach() if old_logp is None else old_logp  # on-policy: ratio exactly 1
         return policy_loss(logp, old_logp, advantages, mb.response_mask, ref_logp=ref_logp, entropy=entropy,
                            rollout_logp=rollout, token_weight=token_weight, **options)
 

@@ -201,6 +201,12 @@ def _long_sequence_sums(hidden, weight, targets, data, seq_index, n_seq, too_lon
     return segment_sum(log_ratio, seq_index[tokens], n_seq), known
 
 
+def _own_old_logp(old_out: torch.Tensor, logp: torch.Tensor, valid: torch.Tensor) -> None:
+    """On-policy: the old log-probs are this pass' own (detached; 0 on weightless tokens, as clean()
+    leaves a given old_logp), written in place into the data's buffer before the token loss reads it."""
+    old_out.copy_(torch.where(valid, logp.detach().float(), 0.0))
+
+
 # ---- the one-pass autograd Function ---------------------------------------------------------------
 
 
@@ -227,7 +233,9 @@ class _FusedLinearPolicyLossFunction(torch.autograd.Function):
             seq_ratio = _SequenceLogRatio(seq_index, data["weight"] != 0, data["old"], n_seq, *known)
         for rows in chunks:
             def token_grads(logp, entropy, rows=rows):
-                chunk = {k: rows_of(x, rows) for k, x in data.items()}
+                chunk = {k: rows_of(x, rows) for k, x in data.items() if k != "on_policy"}
+                if data["on_policy"]:
+                    _own_old_logp(chunk["old"], logp, chunk["weight"] != 0)
                 log_ratio = seq_ratio.of(logp, rows) if gspo else None
                 dlogp, _ = token_loss(logp, entropy, chunk, log_ratio, cfg, terms[:, rows])
                 return dlogp, rows_of(grad_entropy, rows)
@@ -277,7 +285,7 @@ def _validate(hidden, weight, targets, vectors: dict, seq_index, cfg: LossConfig
     LP.check_inputs(hidden, weight, targets, cfg.temperature)
     n_tokens = hidden.shape[0]
     for name, value in vectors.items():
-        if value is not None or name in ("old_logp", "advantages", "token_weight"):
+        if value is not None or name in ("advantages", "token_weight"):  # old_logp None: on-policy
             _check_vector(name, value, n_tokens, hidden.device)
     cfg = cfg.checked(has_ref=vectors["ref_logp"] is not None, has_rollout=vectors["rollout_logp"] is not None)
     check_token_weight(vectors["token_weight"])
@@ -295,7 +303,7 @@ def fused_linear_policy_loss(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     targets: torch.Tensor,
-    old_logp: torch.Tensor,
+    old_logp: Optional[torch.Tensor],
     advantages: torch.Tensor,
     token_weight: torch.Tensor,
     *,
@@ -319,6 +327,10 @@ def fused_linear_policy_loss(
     hidden [N, H] and weight [V, H] (fp32/bf16/fp16, one dtype), targets [N] int64 in [0, V);
     old_logp, advantages, token_weight, ref_logp, rollout_logp: [N] floats (token_weight >= 0; a
     token with weight 0 contributes nothing, and garbage in its other inputs cannot leak in).
+    old_logp=None means on-policy: the old policy IS the current one (the first and only update of
+    a step's rollouts), so each token's old log-prob is this pass's own, detached: the ratio is
+    exactly 1 (no separate forward that could differ from this one by rounding). Not with
+    loss_mode="gspo" or an IS correction (they need old_logp before the pass).
     loss_mode, is_correction, is_level, is_cap: as policy_loss. seq_index [N] int64, non-decreasing:
     each token's sequence, needed by loss_mode="gspo" and is_level="sequence". Differentiable in
     hidden and weight (a tied embedding weight accumulates as usual); the rest is data.
@@ -327,28 +339,40 @@ def fused_linear_policy_loss(
                    rollout_logp=rollout_logp)
     cfg = LossConfig(clip_low, clip_high, dual_clip, kl_coef, kl_type, entropy_coef, loss_mode, is_correction,
                      is_level, is_cap, temperature)
+    on_policy = old_logp is None
+    if on_policy and (loss_mode == "gspo" or is_correction != "none"):
+        raise ValueError("old_logp=None (on-policy) cannot serve loss_mode='gspo' or an IS correction: "
+                         "both need the old log-probs before the pass")
     cfg = _validate(hidden, weight, targets, vectors, seq_index, cfg)
     backend = backend_for(hidden.device)
     token_weight_fp32 = token_weight.detach().float().contiguous()
     valid = token_weight_fp32 != 0
+    if on_policy:  # filled chunk by chunk with the pass' own log-probs (see _own_old_logp)
+        old_logp = torch.zeros(hidden.shape[0], dtype=torch.float32, device=hidden.device)
 
     def clean(x):  # padding garbage (inf, NaN) -> 0 before any math, so 0 * inf never happens
         return None if x is None else torch.where(valid, x.detach().float(), 0.0).contiguous()
 
     n_tokens = hidden.shape[0]
-    mismatch = None
-    if rollout_logp is not None:
+
+    def mismatch_of(old):
+        if rollout_logp is None:
+            return None
         n_seq = int(seq_index.max()) + 1 if seq_index is not None and n_tokens else 0
-        mismatch = mismatch_terms(clean(old_logp), clean(rollout_logp), valid, is_correction, is_level, is_cap,
-                                  seq_index, n_seq)
-    data = dict(old=clean(old_logp), adv=clean(advantages), ref=clean(ref_logp), weight=token_weight_fp32,
-                is_weight=None if mismatch is None else mismatch.weight)
+        return mismatch_terms(old, clean(rollout_logp), valid, is_correction, is_level, is_cap, seq_index, n_seq)
+
+    mismatch = None if on_policy else mismatch_of(clean(old_logp))
+    data = dict(old=old_logp if on_policy else clean(old_logp), adv=clean(advantages), ref=clean(ref_logp),
+                weight=token_weight_fp32, is_weight=None if mismatch is None else mismatch.weight,
+                on_policy=on_policy)
     targets = targets.contiguous()
     wants_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     if backend == "reference":
         return _reference_loss(hidden, weight, targets, vectors, seq_index, cfg)
     if not wants_grad:  # the chunked forward only
         logp, entropy = LP.fused_logprobs(hidden, weight, targets, temperature=cfg.temperature, return_entropy=True)
+        if on_policy:
+            _own_old_logp(data["old"], logp, valid)
         log_ratio = None
         if cfg.loss_mode == "gspo":
             n_seq = int(seq_index.max()) + 1 if n_tokens else 0
@@ -358,6 +382,8 @@ def fused_linear_policy_loss(
         loss = weighted_loss.sum()
     else:
         loss, terms = _FusedLinearPolicyLossFunction.apply(hidden, weight, targets, data, seq_index, cfg, backend)
+    if on_policy:  # the rollout mismatch against the old (= this pass') log-probs, for its stats
+        mismatch = mismatch_of(data["old"])
     return loss, _stats(terms, valid, cfg, ref_logp is not None) | mismatch_stats(mismatch, is_correction,
                                                                                  _n_valid(valid))
 
@@ -376,9 +402,10 @@ def _reference_loss(hidden, weight, targets, vectors: dict, seq_index, cfg: Loss
 
     logp, entropy = reference.fused_logprobs(hidden, weight, targets, temperature=cfg.temperature, return_entropy=True)
     valid = vectors["token_weight"] != 0
+    old = logp.detach() if vectors["old_logp"] is None else vectors["old_logp"]  # None: on-policy
     options = {k: v for k, v in cfg._asdict().items() if k != "temperature"}
     return reference.policy_loss(
-        as_rows(logp), as_rows(vectors["old_logp"]), as_rows(vectors["advantages"]), as_rows(valid),
+        as_rows(logp), as_rows(old), as_rows(vectors["advantages"]), as_rows(valid),
         token_weight=as_rows(vectors["token_weight"]), ref_logp=as_rows(vectors["ref_logp"]), entropy=as_rows(entropy),
         rollout_logp=as_rows(vectors["rollout_logp"]), **options)
 

@@ -70,3 +70,22 @@ def test_microbatches_cover_each_row_once_within_the_budget(lengths, budget, tak
         assert cost <= budget or len(group) == 1  # a row longer than the budget goes alone
     order = torch.cat(groups)
     assert lengths[order].tolist() == sorted(lengths[order].tolist())  # similar lengths together
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 6)), min_size=1, max_size=8), st.integers(0, 10**6))
+def test_collate_matches_a_row_by_row_oracle(shape, seed):
+    """The vectorized collate writes exactly what row-by-row slice writes would."""
+    gen = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(1, 50, (p,), generator=gen).tolist() for p, _ in shape]
+    responses = [torch.randint(1, 50, (r,), generator=gen).tolist() for _, r in shape]
+    logprobs = [(-torch.rand(r, generator=gen)).tolist() for _, r in shape]
+    batch = collate(prompts, responses, pad_id=99, rollout_logprobs=logprobs)
+    width = max(len(p) + len(r) for p, r in zip(prompts, responses))
+    for row, (p, r, lp) in enumerate(zip(prompts, responses, logprobs)):
+        n = len(p) + len(r)
+        assert batch.input_ids[row].tolist() == p + r + [99] * (width - n)
+        assert batch.attention_mask[row].tolist() == [1] * n + [0] * (width - n)
+        assert batch.response_mask[row].tolist() == [0.0] * len(p) + [1.0] * len(r) + [0.0] * (width - n)
+        assert batch.rollout_logprobs[row].tolist() == [0.0] * len(p) + torch.tensor(lp).tolist() + [0.0] * (width - n)
+        assert int(batch.lengths[row]) == n

@@ -11,7 +11,7 @@ from typing import Any, Collection, Hashable, Sequence
 from ..base import LoadReport, Task
 from .problems import Problem, generate_problems, read_problems
 from .prompts import TEMPLATES, render_prompt
-from .traces import trace_metrics
+from .traces import think_block, trace_metrics
 from .verifier import score_batch
 
 
@@ -50,5 +50,7 @@ class CountdownTask(Task):
     def response_metrics(self, responses: Sequence[str], problems: Sequence[Problem]) -> dict[str, float]:
         """The R1-Zero signature of the think blocks (fastzero.tasks.countdown.traces), when the responses
         think at all: a direct-answer model's metrics carry no think/ columns."""
+        if not any(think_block(r) is not None for r in responses):  # cheap: skip the traces' Python scoring
+            return {}
         row = trace_metrics(responses, [p.numbers for p in problems], [p.target for p in problems])
         return row if row["think/has_think"] > 0 else {}
