@@ -143,7 +143,8 @@ def grad_scale(ctx: DistContext) -> float:
 # ---- collectives -----------------------------------------------------------------------------------
 
 
-def _comm_device(ctx: DistContext) -> torch.device:
+def comm_device(ctx: DistContext) -> torch.device:
+    """Where collectives' tensors live: the rank's GPU under NCCL, host memory under gloo."""
     return ctx.device if ctx.device.type == "cuda" else torch.device("cpu")
 
 
@@ -153,7 +154,7 @@ def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
         return tensor.clone()
     import torch.distributed as dist
 
-    out = tensor.detach().to(_comm_device(ctx), copy=True)
+    out = tensor.detach().to(comm_device(ctx), copy=True)
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out.to(tensor.device)
 
@@ -164,7 +165,7 @@ def all_reduce_max(value: int, ctx: DistContext) -> int:
         return value
     import torch.distributed as dist
 
-    out = torch.tensor([value], dtype=torch.int64, device=_comm_device(ctx))
+    out = torch.tensor([value], dtype=torch.int64, device=comm_device(ctx))
     dist.all_reduce(out, op=dist.ReduceOp.MAX)
     return int(out.item())
 
@@ -206,7 +207,7 @@ def all_gather_rows(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
         return tensor.clone()
     import torch.distributed as dist
 
-    device = _comm_device(ctx)
+    device = comm_device(ctx)
     counts = all_gather_object(int(tensor.shape[0]), ctx)
     padded = tensor.new_zeros((max(counts), *tensor.shape[1:]), device=device)
     padded[: tensor.shape[0]] = tensor.to(device)

@@ -45,7 +45,7 @@ class ModelBackends:
 # ---- loading ---------------------------------------------------------------------------------------
 
 
-def _check_model_dir(path: str | os.PathLike) -> Path:
+def check_model_dir(path: str | os.PathLike) -> Path:
     directory = Path(path)
     if not directory.is_dir():
         raise FileNotFoundError(f"model directory not found: {str(directory)!r} (models are never downloaded)")
@@ -104,7 +104,7 @@ def choose_backends(device: str | torch.device = "cpu", dtype: str | torch.dtype
     return ModelBackends(attn_implementation, liger_ok if use_liger is None else bool(use_liger), dtype, device)
 
 
-def _finish(model: nn.Module, backends: ModelBackends, gradient_checkpointing: bool, *, move: bool = True) -> nn.Module:
+def finish_model(model: nn.Module, backends: ModelBackends, gradient_checkpointing: bool, *, move: bool = True) -> nn.Module:
     """Device, Liger patches (in place: no new parameters) and activation checkpointing; move=False
     for a model built on the meta device, which FSDP materializes on the device later."""
     if move:
@@ -132,13 +132,13 @@ def load_causal_lm(path: str | os.PathLike, *, dtype: str | torch.dtype = "auto"
                    attn_implementation: str = "auto", gradient_checkpointing: bool = False,
                    use_liger: bool | None = None) -> tuple[nn.Module, ModelBackends]:
     """Load a local HF causal LM; returns (model, the backends chosen)."""
-    directory = _check_model_dir(path)
+    directory = check_model_dir(path)
     backends = choose_backends(device, dtype, attn_implementation, use_liger)
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=backends.dtype, local_files_only=True,
                                                  attn_implementation=backends.attn_implementation)
-    return _finish(model, backends, gradient_checkpointing), backends
+    return finish_model(model, backends, gradient_checkpointing), backends
 
 
 def saved_dtype(choice: str, model_dir: str | os.PathLike) -> torch.dtype | None:
@@ -349,14 +349,14 @@ class CriticModel(nn.Module):
                         device: str | torch.device = "cpu", attn_implementation: str = "auto",
                         gradient_checkpointing: bool = False, use_liger: bool | None = None) -> "CriticModel":
         """From a saved critic, or from a causal-LM directory (the body is taken, the head initialized)."""
-        directory = _check_model_dir(path)
+        directory = check_model_dir(path)
         backends = choose_backends(device, dtype, attn_implementation, use_liger)
         from safetensors.torch import load_file
         from transformers import AutoModel
 
         backbone = AutoModel.from_pretrained(directory, dtype=backends.dtype, local_files_only=True,
                                              attn_implementation=backends.attn_implementation)
-        critic = cls(_finish(backbone, backends, gradient_checkpointing))
+        critic = cls(finish_model(backbone, backends, gradient_checkpointing))
         head_file = directory / VALUE_HEAD_FILE
         if head_file.is_file():
             critic.value_head.load_state_dict(load_file(str(head_file), device=str(backends.device)))

@@ -27,8 +27,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .distributed import DistContext
-from .model import CriticModel, _check_model_dir, _finish, choose_backends
+from .distributed import DistContext, comm_device
+from .model import CriticModel, check_model_dir, finish_model, choose_backends
 
 
 def empty_causal_lm(path: str, *, dtype: Any, device: Any, attn_implementation: str = "auto",
@@ -36,7 +36,7 @@ def empty_causal_lm(path: str, *, dtype: Any, device: Any, attn_implementation: 
     """The causal LM of the checkpoint at `path` on the meta device, configured like load_causal_lm's."""
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
-    directory = _check_model_dir(path)
+    directory = check_model_dir(path)
     backends = choose_backends(device, dtype, attn_implementation)
     config = AutoConfig.from_pretrained(directory, local_files_only=True)
     with torch.device("meta"):
@@ -45,7 +45,7 @@ def empty_causal_lm(path: str, *, dtype: Any, device: Any, attn_implementation: 
     if (directory / "generation_config.json").is_file():  # its EOS ids name the stop tokens
         model.generation_config = GenerationConfig.from_pretrained(directory, local_files_only=True)
     model.eval()  # as from_pretrained returns it
-    return _finish(model, backends, gradient_checkpointing, move=False)
+    return finish_model(model, backends, gradient_checkpointing, move=False)
 
 
 def empty_critic(path: str, *, dtype: Any, device: Any, attn_implementation: str = "auto",
@@ -53,13 +53,13 @@ def empty_critic(path: str, *, dtype: Any, device: Any, attn_implementation: str
     """A CriticModel on the meta device (backbone and value head), configured like from_pretrained's."""
     from transformers import AutoConfig, AutoModel
 
-    directory = _check_model_dir(path)
+    directory = check_model_dir(path)
     backends = choose_backends(device, dtype, attn_implementation)
     config = AutoConfig.from_pretrained(directory, local_files_only=True)
     with torch.device("meta"):
         backbone = AutoModel.from_config(config, dtype=backends.dtype, attn_implementation=backends.attn_implementation)
         backbone.eval()  # as from_pretrained returns it
-        return CriticModel(_finish(backbone, backends, gradient_checkpointing, move=False))
+        return CriticModel(finish_model(backbone, backends, gradient_checkpointing, move=False))
 
 
 def source_causal_lm(path: str, *, dtype: Any, **_unused) -> nn.Module:
@@ -67,7 +67,7 @@ def source_causal_lm(path: str, *, dtype: Any, **_unused) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
     backends = choose_backends("cpu", dtype, "sdpa")  # the weights do not depend on the attention kernel
-    return AutoModelForCausalLM.from_pretrained(_check_model_dir(path), dtype=backends.dtype, local_files_only=True,
+    return AutoModelForCausalLM.from_pretrained(check_model_dir(path), dtype=backends.dtype, local_files_only=True,
                                                 attn_implementation="sdpa")
 
 
@@ -85,15 +85,11 @@ def fill_from_rank0(model: nn.Module, source: nn.Module | None, ctx: DistContext
     source_buffers = dict(source.named_buffers()) if ctx.is_main else {}
     with torch.no_grad():
         for name, buffer in model.named_buffers():
-            staged = buffer.detach().to(_comm_device(ctx))
+            staged = buffer.detach().to(comm_device(ctx))
             if ctx.is_main:
                 staged.copy_(source_buffers[name])
             dist.broadcast(staged, src=0)
             buffer.copy_(staged)
-
-
-def _comm_device(ctx: DistContext) -> torch.device:
-    return ctx.device if ctx.device.type == "cuda" else torch.device("cpu")
 
 
 def load_sharded(path: str, ctx: DistContext, *, build: Callable[..., nn.Module], read: Callable[..., nn.Module],
