@@ -205,7 +205,7 @@ class Trainer:
         or an IS correction (they need the old log-probs before the pass), nor with a reference
         model (its KL reads them) or a critic (score_tokens computes its values)."""
         a, models = self.cfg.algorithm, self.models
-        n_rows = self.cfg.rollout.prompts_per_step * self.cfg.rollout.samples_per_prompt if self.dist.enabled else rows
+        n_rows = self.global_rows if self.dist.enabled else rows  # the rows the update loop splits
         return (a.ppo_epochs == 1 and n_rows <= a.mini_batch_size and models.reference is None
                 and models.critic is None and a.loss_mode != "gspo" and a.is_correction == "none")
 
