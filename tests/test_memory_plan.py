@@ -51,11 +51,11 @@ def test_parameter_count_matches_torch():
 @pytest.mark.parametrize("checkpointing", [False, True])
 @pytest.mark.parametrize("dtype", list(DTYPES))
 def test_activations_and_backward(dtype, checkpointing):
-    from fastzero.model import choose_backends, _finish
+    from fastzero.model import choose_backends, finish_model
 
     torch_dtype, b = DTYPES[dtype]
     model, shape = _qwen2(2, torch_dtype)
-    _finish(model, choose_backends(CPU, torch_dtype, "sdpa"), checkpointing)
+    finish_model(model, choose_backends(CPU, torch_dtype, "sdpa"), checkpointing)
     model.train()
     rows, width = 4, 256
     ids = torch.randint(0, 1000, (rows, width), generator=torch.Generator().manual_seed(0))
