@@ -1,10 +1,10 @@
 """What would the stop decision alone be worth on a thinking base? Greedy decoding with it forced.
 
 Decodes the held-out problems greedily, but overrides the one choice RL is meant to learn, the token
-after each candidate line:
-- `--mode truth`: stop (`</think>`) exactly when the line's stated value is the target, else go on
-  (newline) - the ceiling of "search until a hit, then copy it" for this model's own candidates;
-- `--mode ok`: stop right after the model's own hit mark, never elsewhere - what the mark is worth.
+after each candidate line (after its check "bigger-smaller=d"):
+- `--mode truth`: stop (`</think>`) exactly when the line's stated chain value is the target, else go
+  on (newline) - the ceiling of "search until a hit, then copy it" for this model's own candidates;
+- `--mode check`: stop exactly when the model's own check says 0 - what the check is worth.
 Prints the accuracy and the signature (fastzero.tasks.countdown.traces) and three responses.
 
     python bench/probe_forced_stop.py --model fastzero/assets/tiny-countdown-think --mode truth --n 300
@@ -29,37 +29,32 @@ class ForcedStop(LogitsProcessor):
     """Rewrites the scores at each line end of the think block (see the module docstring)."""
 
     def __init__(self, tokenizer: Tokenizer, targets: list[int], mode: str):
-        ids = {t: tokenizer.token_to_id(t) for t in ("\n", "</think>", "<think>", "=", " ", "k")}
-        self.nl, self.end, self.think, self.eq, self.space, self.mark_end = ids.values()
+        ids = {t: tokenizer.token_to_id(t) for t in ("\n", "</think>", "<think>", "=")}
+        self.nl, self.end, self.think, self.eq = ids.values()
         self.tokenizer, self.targets, self.mode = tokenizer, targets, mode
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         for b, row in enumerate(input_ids.tolist()):
             if self.end in row or self.think not in row:
                 continue
-            top = int(scores[b].argmax())
-            if self.mode == "ok":
-                if row[-1] == self.mark_end:
-                    scores[b, :] = float("-inf")
-                    scores[b, self.end] = 0.0
-                elif top == self.end:
-                    scores[b, self.end] = float("-inf")
+            body = row[row.index(self.think) + 1:]
+            line = body[len(body) - body[::-1].index(self.nl):] if self.nl in body else body
+            values = [self.tokenizer.id_to_token(line[i + 1]) for i, t in enumerate(line[:-1]) if t == self.eq]
+            if len(values) != 3 or line[-2] != self.eq:  # not right after the check's value
                 continue
-            body = row[row.index(self.think):]
-            line_end = row[-2] == self.eq and body.count(self.eq) % 2 == 0  # after a chain's second value
-            if line_end and top in (self.end, self.nl, self.space):
-                hit = self.tokenizer.id_to_token(row[-1]) == str(self.targets[b])
-                scores[b, :] = float("-inf")
-                scores[b, self.end if hit else self.nl] = 0.0
+            hit = values[1] == str(self.targets[b]) if self.mode == "truth" else values[2] == "0"
+            last_line = body.count(self.nl) >= 2  # the traces write at most three lines
+            scores[b, :] = float("-inf")
+            scores[b, self.end if hit or last_line else self.nl] = 0.0
         return scores
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="fastzero/assets/tiny-countdown-think")
-    parser.add_argument("--mode", choices=("truth", "ok"), default="truth")
+    parser.add_argument("--mode", choices=("truth", "check"), default="truth")
     parser.add_argument("--n", type=int, default=300, help="held-out problems (the first N)")
-    parser.add_argument("--max-new-tokens", type=int, default=118)
+    parser.add_argument("--max-new-tokens", type=int, default=96)
     args = parser.parse_args()
     tokenizer = Tokenizer.from_file(f"{args.model}/tokenizer.json")
     model = AutoModelForCausalLM.from_pretrained(args.model).eval()

@@ -5,13 +5,15 @@ rollout path: the hf engine) and prints
 - accuracy (the Countdown verifier on the answer),
 - candidates per response (think lines) and response length in tokens,
 - arithmetic right (fastzero.tasks.countdown.traces: share of think equations whose value is right),
-- answer = last candidate (the answer's expression is the last equation's chain, up to regrouping),
-- hit marks right (a line carries the mark exactly when its stated value is the target),
+- answer = last candidate (the answer's expression is the last line's chain, up to regrouping),
+- checks right (a line's check "bigger-smaller=d" is the distance from its stated value to the target),
+- leads in order (line i starts with the prompt's i-th number, as the traces do) and repeated lines,
+- stops on a hit / goes on after a miss (what the stop decision does where it has a choice),
 - search success (some candidate reaches the target), and the "stop at the first hit" ceiling:
-  the share whose think block has a marked candidate that is a correct answer, i.e. what the same
-  responses would score if the model stopped at its first mark and copied that candidate.
-These are what RL needs from the base: sampled arithmetic and copying sharp, and a ceiling well above
-the accuracy. Prints one JSON line at the end.
+  the share whose think block has a line with check 0 whose chain is a correct answer, i.e. what the
+  same responses would score if the model stopped at its first "=0" and copied that line.
+These are what RL needs from the base: sampled arithmetic, checks and copying sharp, and a ceiling
+well above the accuracy. Prints one JSON line at the end.
 
     python bench/probe_thinking_base.py                                  # the embedded model
     python bench/probe_thinking_base.py --model DIR --temperatures 0,0.7,1.0 --n 500
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 
 import torch
 
@@ -28,37 +29,52 @@ from fastzero.tasks.countdown.reference import extract_answer, reference_score
 from fastzero.tasks.countdown.traces import equations, parse_tree, regrouped, think_block, trace_metrics
 
 
+def think_lines(response: str) -> list[list]:
+    """The equations of each think line (a v4 line holds chain, chain, check)."""
+    think = think_block(response)
+    return [equations(line) for line in think.split("\n")] if think is not None else []
+
+
 def copies_last_candidate(response: str) -> bool | None:
-    """Whether the answer's expression is the last think equation's chain (None: no equation/answer)."""
-    think, answer = think_block(response), extract_answer(response)
-    found = equations(think) if think is not None else []
-    if not found or answer is None:
+    """Whether the answer's expression is the last line's chain (None: no chain or no answer)."""
+    lines, answer = think_lines(response), extract_answer(response)
+    if not lines or len(lines[-1]) < 2 or answer is None:
         return None
     tree = regrouped(parse_tree(answer))
-    return tree is not None and any(tree == regrouped(parse_tree(r)) for r in found[-1].readings)
+    return tree is not None and any(tree == regrouped(parse_tree(r)) for r in lines[-1][1].readings)
 
 
-def marks_right(response: str, target: int, mark: str) -> list[bool]:
-    """Per think line with a stated final value: the mark is there exactly when that value is the target."""
-    think = think_block(response) or ""
-    result = []
-    if not mark.strip():
-        return result
-    for line in think.split("\n"):
-        value = re.search(r"=\s*(-?\d+)\s*(" + re.escape(mark.strip()) + r")?\s*$", line)
-        if value:
-            result.append((value.group(2) is not None) == (int(value.group(1)) == target))
-    return result
+def check_right(line: list, target: int) -> bool | None:
+    """Is the line's third equation the distance from its stated value to the target? (None: no check)"""
+    if len(line) < 3:
+        return None
+    stated = line[1].stated
+    return line[2].right and line[2].lhs in (f"{stated}-{target}", f"{target}-{stated}") and line[2].stated >= 0
 
 
-def first_mark_ceiling(response: str, numbers, target: int, mark: str) -> bool:
-    """Would stopping at the first marked line and answering its chain be correct?"""
-    think = think_block(response) or ""
-    for line in think.split("\n"):
-        if mark.strip() and line.rstrip().endswith(mark.strip()):
-            found = equations(line)
-            readings = found[-1].readings if found else ()
-            return any(reference_score(f"<answer>{r}</answer>", numbers, target) == 1.0 for r in readings)
+def stop_choices(response: str) -> tuple[list[bool], list[bool]]:
+    """(stopped after each line whose check is 0, went on after each line whose check is not), lines 1-2."""
+    lines = think_lines(response)
+    after_hit, after_miss = [], []
+    for i, line in enumerate(lines[:2]):
+        if len(line) >= 3:
+            last = i == len(lines) - 1
+            (after_hit if line[2].stated == 0 else after_miss).append(last if line[2].stated == 0 else not last)
+    return after_hit, after_miss
+
+
+def leads_in_order(response: str, numbers) -> bool:
+    """Does line i start with the prompt's i-th number?"""
+    lines = [line for line in (think_block(response) or "").split("\n") if line]
+    return all(i < len(numbers) and line.split("+")[0].split("-")[0].split("*")[0].split("/")[0] == str(numbers[i])
+               for i, line in enumerate(lines))
+
+
+def first_hit_ceiling(response: str, numbers, target: int) -> bool:
+    """Would stopping at the first line whose check is 0 and answering its chain be correct?"""
+    for line in think_lines(response):
+        if len(line) >= 3 and line[2].stated == 0:
+            return any(reference_score(f"<answer>{r}</answer>", numbers, target) == 1.0 for r in line[1].readings)
     return False
 
 
@@ -74,7 +90,6 @@ def probe(model_dir: str, temperatures: list[float], n: int, max_new_tokens: int
     from tokenizers import Tokenizer
 
     recipe = json.load(open(f"{model_dir}/recipe.json"))
-    mark = recipe["corpus"]["traces"].get("hit_mark", "")
     p = recipe["problems"]
     problems = eval_problems(ProblemRanges(p["min_value"], p["max_value"], p["min_target"], p["max_target"]),
                              n, recipe["held_out"]["seed"])
@@ -94,17 +109,23 @@ def probe(model_dir: str, temperatures: list[float], n: int, max_new_tokens: int
         numbers, targets = [q.numbers for q in problems], [q.target for q in problems]
         row = trace_metrics(texts, numbers, targets)
         copies = [c for c in map(copies_last_candidate, texts) if c is not None]
-        marks = [m for t, q in zip(texts, problems) for m in marks_right(t, q.target, mark)]
+        checks = [c for t, q in zip(texts, problems) for line in think_lines(t)
+                  if (c := check_right(line, q.target)) is not None]
+        choices = [stop_choices(t) for t in texts]
+        hits, misses = [s for h, _ in choices for s in h], [s for _, m in choices for s in m]
+        lines = [(think_block(t) or "").split("\n") for t in texts]
         row.update({
             "accuracy": sum(reference_score(t, q.numbers, q.target) == 1.0 for t, q in zip(texts, problems)) / n,
-            "candidates": sum((think_block(t) or "").count("\n") + 1 for t in texts) / n,
+            "candidates": sum(map(len, lines)) / n,
             "length": sum(map(len, ids)) / n,
             "answer_is_last_candidate": sum(copies) / max(1, len(copies)),
-            "first_mark_ceiling": sum(first_mark_ceiling(t, q.numbers, q.target, mark)
-                                      for t, q in zip(texts, problems)) / n,
+            "checks_right": sum(checks) / max(1, len(checks)),
+            "leads_in_order": sum(leads_in_order(t, q.numbers) for t, q in zip(texts, problems)) / n,
+            "repeated_lines": sum(len(set(ls)) < len(ls) for ls in lines) / n,
+            "stops_on_hit": sum(hits) / max(1, len(hits)),
+            "goes_on_after_miss": sum(misses) / max(1, len(misses)),
+            "first_hit_ceiling": sum(first_hit_ceiling(t, q.numbers, q.target) for t, q in zip(texts, problems)) / n,
         })
-        if marks:
-            row["marks_right"] = sum(marks) / len(marks)
         out[str(temperature)] = row
         print(f"T {temperature}: " + "  ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in row.items()), flush=True)
     return out

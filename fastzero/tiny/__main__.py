@@ -211,22 +211,24 @@ def think_notes(recipe: dict) -> str:
 A {m['parameters']:,}-parameter Qwen2 ({m['hidden_size']} hidden, {m['num_hidden_layers']} layers, \
 {m['num_attention_heads']} heads, tied embeddings, {m['max_position_embeddings']} positions) that thinks before it answers \
 compact Countdown prompts, in R1-Zero's shape:
-`3 7 12=22:` -> `<think>3*7=21 21-12=9\\n12+7=19 19+3=22 ok</think><answer>12+7+3</answer><|endoftext|>`.
+`3 7 12=22:` -> `<think>3*7=21 21-12=9 22-9=13\\n7+12=19 19+3=22 22-22=0</think><answer>7+12+3</answer><|endoftext|>`.
 Made by this project from synthetic traces only (fastzero/tiny/thinking.py), deliberately a poor
 teacher so that RL has room: it stops after a random number of candidates, hit or miss, and answers
-with the last one; stopping at the first hit is a choice the model already makes, at random moments.
+with the last one; stopping at the first hit (a check "=0") is a choice the model already makes, at random moments.
 
 - Problems: 3 numbers in {p['min_value']}..{p['max_value']}, targets {p['min_target']}..{p['max_target']}; \
 the held-out set is `generate_problems({h['n']}, seed={h['seed']}, ...)` as for tiny-countdown, excluded from the corpus.
-- Traces ({c['documents']:,}, seed {c['seed']}): candidate chains, one per line; after each the thinker goes on \
-with probability {tr['continue_rate']:.0%} (at most {tr['max_candidates']}), whatever the candidates reached, and the \
-answer copies the last candidate. A candidate is an untried real solution {tr['solution_rate']:.0%} of the time, else \
-a random chain, never a repeat; each value is off by 1-3 with probability {tr['error_rate']:.0%}; a candidate whose \
-stated value is the target is marked {tr['hit_mark']!r}. Values in the think block stay in 0..{tr['max_value_in_think']}.
+- Traces ({c['documents']:,}, seed {c['seed']}): candidate chains, one per line, line i led by the prompt's i-th \
+number (at most 3 lines), each ending with its check (the distance to the target as "bigger-smaller=d"); after each \
+line the thinker goes on with probability {tr['continue_rate']:.0%}, whatever the check said, and the answer copies \
+the last candidate. A candidate is an untried real solution with its lead {tr['solution_rate']:.0%} of the time, \
+else a random chain with its lead, never a repeat; each chain value is off by 1-3 with probability \
+{tr['error_rate']:.0%}. Values in the think block stay in 0..{tr['max_value_in_think']}.
 - Tokenizer: WordLevel; whole integers 0..{tr['max_value_in_think']}, tags, operators, space and newline are tokens \
 ({recipe['tokenizer']['vocab_size']} tokens). Load with `AutoTokenizer.from_pretrained(dir)`.
 - Pretraining: {t['steps']} steps x {t['batch_size']} rows, AdamW lr {t['lr']} (warmup, cosine), loss on the \
-response. The whole build took {t['seconds']}s on {t['threads']} CPU threads (a shared machine).
+response, summed over each batch and divided by the corpus's mean answer tokens per batch (so that length-bucketed \
+batches weigh every token alike). The whole build took {t['seconds']}s on {t['threads']} CPU threads.
 - Base greedy accuracy on the held-out set: {recipe['base_greedy_accuracy']:.1%}.
 
 Rebuild: `{recipe['command']}` (fastzero/tiny/). See recipe.json for every setting.

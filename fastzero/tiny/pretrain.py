@@ -86,11 +86,20 @@ def encode_documents(tokenizer: Tokenizer, documents: Sequence[tuple[str, str]])
     return ids, mask
 
 
-def answer_loss(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def answer_loss(model, ids: torch.Tensor, mask: torch.Tensor, tokens_per_batch: float | None = None) -> torch.Tensor:
+    """Cross-entropy on the answer tokens: their sum over `tokens_per_batch` (default: their mean).
+
+    A fixed divisor (the corpus's mean answer tokens per row times the batch size) weighs every token
+    of the corpus alike. The per-batch mean does not when batches group rows by length: a batch of
+    short rows has fewer tokens, so each counts more, and a choice that makes a document short (stop
+    thinking now) is learned as likelier than the corpus makes it.
+    """
     logits = model(input_ids=ids).logits[:, :-1].float()
     targets = ids[:, 1:]
     m = mask[:, :-1]
-    return torch.nn.functional.cross_entropy(logits[m], targets[m])
+    if tokens_per_batch is None:
+        return torch.nn.functional.cross_entropy(logits[m], targets[m])
+    return torch.nn.functional.cross_entropy(logits[m], targets[m], reduction="sum") / tokens_per_batch
 
 
 def pretrain(model, ids: torch.Tensor, mask: torch.Tensor, cfg: PretrainConfig,
@@ -112,6 +121,7 @@ def pretrain(model, ids: torch.Tensor, mask: torch.Tensor, cfg: PretrainConfig,
 
     model.train()
     lengths = mask.sum(1)
+    tokens_per_batch = loss_divisor(lengths, cfg)
     order = _epoch_order(lengths, cfg, generator)
     cursor, history, start, running = 0, [], time.time(), None
     for step in range(cfg.steps):
@@ -123,7 +133,7 @@ def pretrain(model, ids: torch.Tensor, mask: torch.Tensor, cfg: PretrainConfig,
         length = int(batch_mask.any(0).nonzero().max()) + 2  # trim trailing all-pad columns
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
-        loss = answer_loss(model, ids[rows, :length], batch_mask[:, :length])
+        loss = answer_loss(model, ids[rows, :length], batch_mask[:, :length], tokens_per_batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -134,6 +144,15 @@ def pretrain(model, ids: torch.Tensor, mask: torch.Tensor, cfg: PretrainConfig,
             log(f"step {step:5d}/{cfg.steps}  loss {running:.4f}  lr {lr_at(step):.2e}  {time.time() - start:6.1f}s")
     model.eval()
     return history
+
+
+def loss_divisor(lengths: torch.Tensor, cfg: PretrainConfig) -> float | None:
+    """answer_loss's divisor: the corpus's mean answer tokens per row times the batch size.
+
+    Length-bucketed batches need it (see answer_loss); random ones keep the batch mean (None), which
+    is what the shipped direct model (tiny-countdown) was built with.
+    """
+    return float(lengths.sum()) / len(lengths) * cfg.batch_size if cfg.length_buckets else None
 
 
 def _epoch_order(lengths: torch.Tensor, cfg: PretrainConfig, generator: torch.Generator) -> torch.Tensor:

@@ -2,33 +2,41 @@
 
 Every document is one `compact` prompt and one response in R1-Zero's shape:
 
-    "3 7 12=22:" + "<think>3*7=21 21-12=9\n12+7=19 19+3=22 ok</think><answer>12+7+3</answer>"
+    "3 7 12=22:" + "<think>3*7=21 21-12=9 22-9=13\n7+12=19 19+3=22 22-22=0</think><answer>7+12+3</answer>"
 
-The think block is a list of candidates, one per line. A candidate is a chain over all three
-numbers, "x o y=v w o' z=u" where the second equation combines v with the remaining number (either
-side), so it maps one-to-one onto an answer expression: (x o y) o' z or z o' (x o y), written with
-the fewest brackets. A candidate whose stated final value is the target is marked " ok" (the thinker
-noticing a hit; it judges the value it wrote, which may be wrong). The line break after a candidate
-(go on) or `</think>` (stop) is the single token where the model decides whether to keep searching.
+The think block is a list of candidates, one per line. A candidate is a chain over all three numbers,
+"x o y=v w o' z=u", where the second equation combines v with the remaining number (either side), so
+it maps one-to-one onto an answer expression: (x o y) o' z or z o' (x o y), written with the fewest
+brackets. Each line ends with its check: the distance from its stated value to the target, written
+as the subtraction "bigger-smaller=d", so "=0" marks a hit. The check is arithmetic of the same kind
+as the chain, on two tokens the line has just written or copied from the prompt; an earlier design
+(v3) marked hits with a token that needed comparing the value against the far-away target, and a
+1M-parameter model never learned it. The line break after a check (go on) or `</think>` (stop) is
+the single token where the model decides whether to keep searching.
 
-The traces are a poor teacher with a better policy inside (version 3):
-- the number of candidates is geometric (after each one, go on with probability `continue_rate`, at
-  most `max_candidates`) and INDEPENDENT of whether any candidate hit: the thinker often stops on a
-  miss and often goes on past an "ok";
+The search is ordered so that greedy decoding cannot repeat itself: line i starts ("leads") with the
+i-th number of the prompt, so the next line's lead is the prompt's number after this line's lead (a
+lookup a small transformer learns: an induction step), and there are at most three lines.
+
+The traces are a poor teacher with a better policy inside (version 4):
+- after each line the thinker goes on with probability `continue_rate`, whatever the check said:
+  it often stops on a miss and often goes on past a hit;
 - the answer always copies the LAST candidate's expression, so the base's accuracy is about the
   chance that its last candidate hits;
-- candidates never repeat within a trace; each is a real solution with probability `solution_rate`,
-  else a random chain (uniform over those whose values stay whole in 0..max_value_in_think);
-- arithmetic is rarely wrong (each stated value off by 1-3 with probability `error_rate`), so the
-  model's sampled arithmetic stays sharp and a stated hit is usually a real one.
-The better policy, "go on while no candidate is ok, stop at the first ok and copy it", is a choice
-the same model already makes at every line end (only at the wrong moments): RL has to tie `</think>`
-to the " ok" it writes, and to prefer real solutions as candidates. Nothing rewards the think block
+- a candidate is a real solution with this lead with probability `solution_rate` (when one exists),
+  else a random chain with this lead (uniform over those whose values stay whole in
+  0..max_value_in_think); a line is never written twice;
+- each stated chain value is off by 1-3 with probability `error_rate` (the check then measures the
+  stated value: the thinker trusts what it wrote).
+The better policy, "go on while the check is not 0, stop at the first 0 and copy that line", is a
+choice the same model already makes at every line end (only at random): RL has to tie `</think>` to
+the "=0" just written, and to prefer real solutions as candidates. Nothing rewards the think block
 itself: the reward is the Countdown verifier on the answer alone.
 
 Earlier versions, and why they were replaced (bench/RESULTS.md): v1 answered 30% of shallow traces
-with a fresh expression, v2 wrote mostly one candidate (25% deep searches), 10% arithmetic errors and
-an answer tied to the search outcome; RL on both learned to answer past a decorative think block.
+with a fresh expression; v2 wrote mostly one candidate, 10% arithmetic errors and an answer tied to
+the search outcome (RL learned to answer past a decorative think block); v3 searched in random order
+with a far-away hit mark, and its greedy decoding repeated lines and ignored the mark.
 """
 from __future__ import annotations
 
@@ -49,11 +57,9 @@ OPS = ("+", "-", "*", "/")
 class TraceShape:
     """How the synthetic thinker behaves (probabilities per candidate or per value)."""
 
-    continue_rate: float = 0.5  # after each candidate, write another (geometric; mean 1/(1-rate))
-    max_candidates: int = 8  # never more than this (what fits the 128-position context)
-    solution_rate: float = 0.15  # candidates drawn from the problem's (untried) solutions instead of at random
-    error_rate: float = 0.02  # stated values off by 1-3
-    hit_mark: str = " ok"  # written after a candidate whose stated value is the target ("" = none)
+    continue_rate: float = 0.4  # after each line, write another (at most one line per prompt number)
+    solution_rate: float = 0.25  # a line is a real solution with its lead (when one exists, untried)
+    error_rate: float = 0.02  # stated chain values off by 1-3
     max_value_in_think: int = 400  # candidates keep every intermediate value in 0..this
 
     def __post_init__(self) -> None:
@@ -61,11 +67,8 @@ class TraceShape:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
-        if self.max_candidates < 1 or self.max_value_in_think < 1:
-            raise ValueError("max_candidates and max_value_in_think must be >= 1")
-        if any(c.isdigit() or c in "=+-*/()\n<>" for c in self.hit_mark):
-            raise ValueError(f"hit_mark must not hold digits, operators, brackets, '=', '<', '>' or newlines: "
-                             f"{self.hit_mark!r}")
+        if self.max_value_in_think < 1:
+            raise ValueError("max_value_in_think must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -132,20 +135,24 @@ def _stated(value: int, shape: TraceShape, rng: random.Random) -> int:
     return rng.choice([value + d for d in (-3, -2, -1, 1, 2, 3) if 0 <= value + d <= shape.max_value_in_think])
 
 
+def check_text(stated: int, target: int) -> str:
+    """The line's check: the distance from the stated value to the target, bigger number first."""
+    return f"{stated}-{target}={stated - target}" if stated >= target else f"{target}-{stated}={target - stated}"
+
+
 def trace_response(numbers: Sequence[int], target: int, chains: list[Chain], shape: TraceShape,
                    rng: random.Random) -> str:
     """One response "<think>...</think><answer>...</answer>" for a problem (see the module docstring)."""
-    # Two chains read the same when a value repeats a number ("9-6=3 3/3=1"): never write a line twice.
-    texts = [c.true_text for c in chains]
-    distinct = len(set(texts))
-    tried: list[Chain] = []
     seen: set[str] = set()
+    tried: list[Chain] = []
     lines = []
-    while True:
-        untried = [c for c, text in zip(chains, texts) if text not in seen]
+    for i, lead in enumerate(numbers):
+        # Two chains read the same when a value repeats a number ("9-6=3 3/3=1"): never write a line twice.
+        untried = [c for c in chains if c.x == lead and c.true_text not in seen]
+        if not untried:
+            break
         good = [c for c in untried if c.v2 == target]
-        pool = good if good and rng.random() < shape.solution_rate else untried
-        chain = rng.choice(pool)
+        chain = rng.choice(good if good and rng.random() < shape.solution_rate else untried)
         tried.append(chain)
         seen.add(chain.true_text)
         stated1 = _stated(chain.v1, shape, rng)
@@ -153,10 +160,9 @@ def trace_response(numbers: Sequence[int], target: int, chains: list[Chain], sha
         # The second value follows from the (possibly wrong) first one, as a thinker would carry it.
         carried = true2 is not None and 0 <= true2 <= shape.max_value_in_think
         stated2 = _stated(true2 if carried else chain.v2, shape, rng)
-        lines.append(chain.text(stated1, stated2) + (shape.hit_mark if stated2 == target else ""))
-        # Go on or stop: a coin, whatever this candidate reached.
-        if len(tried) >= shape.max_candidates or len(seen) == distinct \
-                or rng.random() >= shape.continue_rate:
+        lines.append(f"{chain.text(stated1, stated2)} {check_text(stated2, target)}")
+        # Go on or stop: a coin, whatever the check said.
+        if i == len(numbers) - 1 or rng.random() >= shape.continue_rate:
             break
     return "<think>" + "\n".join(lines) + "</think>" + answer_text(tried[-1].expression())
 

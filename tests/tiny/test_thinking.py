@@ -73,7 +73,7 @@ def _signature(shape: TraceShape, n: int = 3000) -> tuple[dict, list[int], list]
 def _true_last_values(line: str) -> set[Fraction]:
     """The values the last candidate line can really have: its first value recomputed and carried into
     the second equation (into either operand that shows the stated first value: "20*20" is ambiguous)."""
-    first, second = line.removesuffix(" ok").split(" ")
+    first, second, _check = line.split(" ")
     left, stated1 = first.split("=")
     v1 = evaluate_answer(left, [int(t) for t in re.findall(r"\d+", left)])
     a, op, b = re.split(r"([+\-*/])", second.split("=")[0])
@@ -85,48 +85,59 @@ def _true_last_values(line: str) -> set[Fraction]:
     return values
 
 
+def _check_of(stated: int, target: int) -> str:
+    """The check the traces promise, written here independently: |stated - target|, bigger number first."""
+    big, small = max(stated, target), min(stated, target)
+    return f"{big}-{small}={abs(stated - target)}"
+
+
 def test_default_traces_are_a_poor_teacher_with_a_better_policy_inside():
     row, candidates, docs = _signature(TraceShape())
-    shares = {k: candidates.count(k) / len(candidates) for k in range(1, 9)}
-    # Geometric number of candidates (go on with probability 0.5, at most 8): half stop after one.
-    assert 0.45 < shares[1] < 0.55 and 0.2 < shares[2] < 0.3 and max(candidates) <= 8
-    assert row["think/equations"] == pytest.approx(2 * sum(candidates) / len(candidates))
-    assert 0.96 < row["think/arithmetic_right"] < 0.995  # two values per candidate, each wrong 2%
+    shares = {k: candidates.count(k) / len(candidates) for k in range(1, 4)}
+    # Go on with probability 0.4 after each line, at most one line per prompt number: 60% stop after one.
+    assert 0.55 < shares[1] < 0.65 and 0.2 < shares[2] < 0.28 and 0.12 < shares[3] < 0.2 and max(candidates) <= 3
+    assert row["think/equations"] == pytest.approx(3 * sum(candidates) / len(candidates))  # chain, chain, check
+    assert 0.975 < row["think/arithmetic_right"] < 0.995  # two chain values per line, each wrong 2%; checks exact
     stops_after_hit, stops_after_miss, correct, ceiling = [], [], 0, 0
     for (prompt, response), numbers, target in docs:
         lines = think_block(response).split("\n")
         assert len(set(lines)) == len(lines)  # no candidate twice
         for i, line in enumerate(lines):
-            # The mark says exactly whether the stated value is the target.
-            assert line.endswith(" ok") == (int(line.removesuffix(" ok").rsplit("=", 1)[1]) == target)
-            if i < 7:
-                (stops_after_hit if line.endswith(" ok") else stops_after_miss).append(i == len(lines) - 1)
+            assert line.startswith(str(numbers[i])) and not line[len(str(numbers[i]))].isdigit()  # led in order
+            chain_value = int(line.split(" ")[1].rsplit("=", 1)[1])
+            assert line.split(" ")[2] == _check_of(chain_value, target)  # the check measures the stated value
+            if i < 2:
+                (stops_after_hit if chain_value == target else stops_after_miss).append(i == len(lines) - 1)
         answer = response.split("<answer>")[1].removesuffix("</answer>")
         assert evaluate_answer(answer, numbers) in _true_last_values(lines[-1])  # the last candidate, always
         correct += evaluate_answer(answer, numbers) == target
-        ceiling += any(line.endswith(" ok") for line in lines)
     # Stopping does not depend on a hit: the base model's habit is a coin at every line end.
-    assert abs(sum(stops_after_hit) / len(stops_after_hit) - 0.5) < 0.06
-    assert abs(sum(stops_after_miss) / len(stops_after_miss) - 0.5) < 0.03
+    assert abs(sum(stops_after_hit) / len(stops_after_hit) - 0.6) < 0.06
+    assert abs(sum(stops_after_miss) / len(stops_after_miss) - 0.6) < 0.03
     assert 0.12 < correct / len(docs) < 0.3  # the base: about the chance that the last candidate hits
-    assert ceiling / len(docs) > correct / len(docs) + 0.1  # stopping at the first hit would do better
+    # A thinker that always writes every line and stops at its first check of 0 does far better.
+    _, _, searched = _signature(TraceShape(continue_rate=1.0, error_rate=0.0))
+    for (_, response), numbers, target in searched:
+        lines = think_block(response).split("\n")
+        ceiling += any(line.endswith(f" {target}-{target}=0") for line in lines)
+    assert ceiling / len(searched) > correct / len(docs) + 0.2
 
 
-def test_a_perfect_thinker_searches_and_verifies():
+def test_a_thinker_with_perfect_intuition_finds_a_solution_with_its_first_lead_when_there_is_one():
     shape = TraceShape(continue_rate=0.0, solution_rate=1.0, error_rate=0.0)
-    row, candidates, _ = _signature(shape, n=500)
-    assert set(candidates) == {1} and row["think/arithmetic_right"] == 1.0
-    assert row["think/search_success"] == 1.0 and row["think/verified"] == 1.0
+    row, candidates, docs = _signature(shape, n=500)
+    assert set(candidates) == {1} and row["think/arithmetic_right"] == 1.0 and row["think/verified"] == 1.0
+    solvable_by_first = [any(c.x == n[0] and c.v2 == t for c in all_chains(n, 400)) for _, n, t in docs]
+    assert row["think/search_success"] == pytest.approx(sum(solvable_by_first) / len(docs))
 
 
-def test_a_thinker_that_never_stops_tries_every_chain_once_up_to_the_cap():
+def test_a_thinker_that_never_stops_writes_one_line_per_prompt_number_in_order():
     rng = random.Random(3)
-    numbers, target = [3, 7, 12], 22
-    chains = all_chains(numbers, 400)
-    for cap in (1, 3, 8, len(chains) + 5):
-        shape = TraceShape(continue_rate=1.0, max_candidates=cap, hit_mark="")
-        lines = think_block(trace_response(numbers, target, chains, shape, rng)).split("\n")
-        assert len(lines) == min(cap, len(chains)) and len(set(lines)) == len(lines)
+    for numbers, target in (([3, 7, 12], 22), ([2, 2, 2], 8), ([20, 1, 20], 41)):
+        chains = all_chains(numbers, 400)
+        lines = think_block(trace_response(numbers, target, chains, TraceShape(continue_rate=1.0), rng)).split("\n")
+        assert len(lines) == 3 and len(set(lines)) == 3
+        assert [int(re.match(r"\d+", line).group()) for line in lines] == numbers
 
 
 def test_bad_shapes_are_refused():
@@ -134,5 +145,5 @@ def test_bad_shapes_are_refused():
         TraceShape(error_rate=1.5)
     with pytest.raises(ValueError, match="continue_rate"):
         TraceShape(continue_rate=-0.1)
-    with pytest.raises(ValueError, match="hit_mark"):
-        TraceShape(hit_mark=" =ok")
+    with pytest.raises(ValueError, match="max_value_in_think"):
+        TraceShape(max_value_in_think=0)
