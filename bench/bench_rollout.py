@@ -9,7 +9,7 @@ Both sample the same way (argmax(probs / Exp(1) noise), torch.multinomial's form
 compaction they draw the same tokens from the same seed; the bench checks that and prints the share.
 
 Settings: the embedded tiny model's prompts (64 prompts x 8 samples, 14 new tokens, its own EOS: the
-tiny-cpu preset's rollout) and a longer-response one (EOS off, 48 new tokens: every row decodes
+tiny-direct preset's rollout) and a longer-response one (EOS off, 48 new tokens: every row decodes
 48 tokens). Back-to-back pairs (before, after, before, after, ...) so load drifts hit both alike;
 the ratio is the median of the pairs' ratios.
 

@@ -1,4 +1,4 @@
-"""Data-parallel scaling: the same run (tiny-cpu preset, same global batch) on 1 process and on N
+"""Data-parallel scaling: the same run (tiny-direct preset, same global batch) on 1 process and on N
 torchrun ranks (FSDP2, gloo on CPU / NCCL on GPUs), in the same invocation.
 
     python bench/bench_scale.py                     # 1 and 2 ranks, 1 thread each, 6 steps
@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--preset", default="tiny-cpu")
+    parser.add_argument("--preset", default="tiny-direct")
     parser.add_argument("--model-path", default=None)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()

@@ -7,7 +7,7 @@
   policy loss, the Python `reference_score` for rewards.
 Both start from the same weights and do the same work (GRPO, prompts x samples, one optimizer step).
 
-It runs the tiny-cpu preset (the embedded model) on the CPU by default, or on a GPU with
+It runs the tiny-direct preset (the embedded direct-answer model) on the CPU by default, or on a GPU with
 `--device cuda`. Qwen2.5-0.5B/3B shapes with random weights on a GPU: not measured (no GPU lent).
 
     python bench/bench_step.py                       # tiny preset on CPU
@@ -145,7 +145,7 @@ def nominal_step_flops(model, prompt_len: int, response_len: float, sequences: i
 
 
 def build_run(args, output_dir: str) -> Run:
-    cfg = from_preset("tiny-cpu")
+    cfg = from_preset("tiny-direct")
     for key, value in dict(prompts_per_step=args.prompts, samples_per_prompt=args.samples,
                            mini_batch_size=args.prompts * args.samples, num_train=2000, num_test=16,
                            progress=False, device=args.device, threads=args.threads).items():
@@ -199,7 +199,7 @@ def main() -> None:
     response_len = mean(ours, "tokens") / sequences - prompt_len
     flops = nominal_step_flops(run.policy, prompt_len, response_len, sequences)
 
-    print(f"one GRPO step, tiny-cpu preset, {args.prompts} prompts x {args.samples} samples, "
+    print(f"one GRPO step, tiny-direct preset, {args.prompts} prompts x {args.samples} samples, "
           f"device {run.device}, {torch.get_num_threads()} threads, {platform.machine()}, mean of {args.steps} steps")
     print(f"{'phase':<10}{'ours s':>10}{'naive s':>10}{'naive/ours':>12}")
     result = {}
@@ -216,7 +216,7 @@ def main() -> None:
           f"{achieved['ours'] / achieved['naive']:>12.2f}  (nominal {flops / 1e9:.1f} GFLOP per step)")
     print(f"{'% matmul':<10}{100 * achieved['ours'] / peak:>9.1f}%{100 * achieved['naive'] / peak:>9.1f}%"
           f"{'':>12}  (fp32 1024^3 matmul, best of start/end of this run: {peak / 1e9:.1f} GFLOP/s on {torch.get_num_threads()} threads)")
-    print(json.dumps({"bench": "step", "preset": "tiny-cpu", "device": str(run.device), "prompts": args.prompts,
+    print(json.dumps({"bench": "step", "preset": "tiny-direct", "device": str(run.device), "prompts": args.prompts,
                       "samples": args.samples, "phases": result, "tokens_per_s": {"ours": round(tok_ours),
                                                                                    "naive": round(tok_naive)},
                       "nominal_gflop_per_step": round(flops / 1e9, 3), "matmul_gflop_s": round(peak / 1e9, 2),

@@ -74,8 +74,9 @@ def held_out_accuracy(model, tokenizer, problems) -> float:
 
 # ---- FastZero, through its CLI -------------------------------------------------------------------------
 def run_fastzero(files: dict[str, str], out: str, *, steps: int, seconds: float, threads: int) -> dict:
-    command = [sys.executable, "-m", "fastzero.train", "--output-dir", out, "--train-path", files["train"],
-               "--test-path", files["test"], "--max-steps", str(steps), "--eval-every", "0", "--save-every", "0",
+    command = [sys.executable, "-m", "fastzero.train", "--preset", "tiny-direct", "--output-dir", out,
+               "--train-path", files["train"], "--test-path", files["test"], "--max-steps", str(steps),
+               "--eval-every", "0", "--save-every", "0",
                "--threads", str(threads), "--progress", "false", "--seed", "0", "--lr", str(LR),
                "--prompts-per-step", str(PROMPTS), "--samples-per-prompt", str(SAMPLES),
                "--max-new-tokens", str(NEW_TOKENS), "--mini-batch-size", str(PROMPTS * SAMPLES),

@@ -1,10 +1,10 @@
 """The one config definition: dataclasses (with help text and defaults), named presets, validation.
 
-A run's config is built in layers: the dataclass defaults (which are the `tiny-cpu` preset), then
-a named preset, then a `--config FILE` (JSON or TOML, flat or by section), then command-line
-options. Every field is one `--option` on the command line, named after the field (`max_steps` ->
-`--max-steps`; a field may carry another option name, as `estimator` is `--algorithm`), so option
-names are unique across sections. Choice lists are imported from the module that implements them.
+A run's config is built in layers: the dataclass defaults (which are the `tiny-direct` preset),
+then a named preset (`tiny-cpu` when none is given), then a `--config FILE` (JSON or TOML, flat or
+by section), then command-line options. Every field is one `--option` on the command line, named
+after the field (`max_steps` -> `--max-steps`; a field may carry another option name, as
+`estimator` is `--algorithm`), so option names are unique across sections. Choice lists are imported from the module that implements them.
 `validate` checks every value and every conflict before any work starts and names the option at fault.
 """
 from __future__ import annotations
@@ -319,16 +319,18 @@ _GSPO_VARIANT = dict(
     loss_agg="seq-mean-token-mean",
 )
 _TINY_THINK = dict(  # the embedded thinking model: <think> candidates, then <answer> (fastzero/tiny/thinking.py)
-    # 96 tokens: ~6 candidates. KL keeps the think block (without it, RL wrecks its arithmetic and
-    # answers past it); 32 prompts a step for more steps per minute (bench/RESULTS.md, traces v3).
-    model_path=THINKING_MODEL, max_new_tokens=96, lr=1e-4, temperature=0.7, kl_coef=0.05,
+    # 72 tokens: three candidate lines and the answer (traces v4). KL keeps the think block (without
+    # it, RL wrecks the arithmetic and answers past it); 32 prompts a step for more steps per minute;
+    # lr 2e-4 learns "stop at the check's 0" within ~40 steps (bench/RESULTS.md, traces v4).
+    model_path=THINKING_MODEL, max_new_tokens=72, lr=2e-4, temperature=0.7, kl_coef=0.05,
     prompts_per_step=32, mini_batch_size=256,
+    max_steps=120, eval_every=20,  # the default run: ~8 RL minutes on a quiet 2-core CPU, a curve of 7 points
 )
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny-cpu": {},  # the dataclass defaults: the embedded direct-answer model
-    "tiny-direct": {},  # the same, by what it runs
-    "tiny-think": {**_TINY_THINK},
+    "tiny-cpu": {**_TINY_THINK},  # the default run: the embedded thinking model
+    "tiny-think": {**_TINY_THINK},  # the same, by what it runs
+    "tiny-direct": {},  # the dataclass defaults: the embedded direct-answer model
     "qwen2.5-0.5b": {**_TINYZERO_PPO},
     "qwen2.5-1.5b": {**_TINYZERO_PPO},
     "qwen2.5-3b": {**_TINYZERO_PPO},

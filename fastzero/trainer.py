@@ -94,10 +94,12 @@ class Trainer:
             carries_gradient &= ~batch.truncated
         with self.timer.phase("logprobs"):
             if self.on_policy(len(batch)):  # the update's own forward gives the old log-probs
-                old_logp, ref_logp, old_values = None, None, None
+                old_logp, ref_logp, old_values = self.score_tokens(batch, carries_gradient, policy=False)
             else:
                 old_logp, ref_logp, old_values = self.score_tokens(batch, carries_gradient)
-        kl = (old_logp - ref_logp) * batch.response_mask if ref_logp is not None else None
+        # kl/ref (old policy against the reference) needs the old log-probs; on-policy, the loss logs
+        # its own KL term (kl_ref) instead.
+        kl = (old_logp - ref_logp) * batch.response_mask if old_logp is not None and ref_logp is not None else None
         advantages, returns = self.advantages(scores.to(self.device), batch.response_mask, old_values, kl)
 
         try:
@@ -201,28 +203,34 @@ class Trainer:
         """True when the step's update is one optimizer step over all its rows (one PPO epoch, one
         mini-batch) and only the loss reads the old log-probs: the old policy is then the current
         one, so the loss takes each token's old log-prob from its own forward (old_logp=None:
-        ratio exactly 1) and the separate no-grad forward over the batch is skipped. Not for GSPO
-        or an IS correction (they need the old log-probs before the pass), nor with a reference
-        model (its KL reads them) or a critic (score_tokens computes its values)."""
+        ratio exactly 1) and the policy's separate no-grad forward over the batch is skipped (a
+        reference still scores the batch: a KL term in the loss compares the pass' own log-probs
+        with it). Not for GSPO or an IS correction (they need the old log-probs before the pass),
+        a KL penalty in the reward (it reads them), or a critic (score_tokens computes its values)."""
         a, models = self.cfg.algorithm, self.models
         n_rows = self.global_rows if self.dist.enabled else rows  # the rows the update loop splits
-        return (a.ppo_epochs == 1 and n_rows <= a.mini_batch_size and models.reference is None
+        kl_reads_old = models.reference is not None and a.kl_in_reward
+        return (a.ppo_epochs == 1 and n_rows <= a.mini_batch_size and not kl_reads_old
                 and models.critic is None and a.loss_mode != "gspo" and a.is_correction == "none")
 
     @torch.no_grad()
-    def score_tokens(self, batch: SequenceBatch, carries_gradient: torch.Tensor):
-        """Old-policy and reference log-probs, and critic values, for the rows that carry a gradient."""
+    def score_tokens(self, batch: SequenceBatch, carries_gradient: torch.Tensor, policy: bool = True):
+        """Old-policy (None with policy=False: on-policy) and reference log-probs, and critic values,
+        for the rows that carry a gradient."""
         models, temperature = self.models, self.cfg.rollout.temperature
-        old = torch.zeros_like(batch.response_mask)
-        ref = torch.zeros_like(old) if models.reference is not None else None
-        values = torch.zeros_like(old) if models.critic is not None else None
+        if not policy and models.reference is None and models.critic is None:
+            return None, None, None
+        old = torch.zeros_like(batch.response_mask) if policy else None
+        ref = torch.zeros_like(batch.response_mask) if models.reference is not None else None
+        values = torch.zeros_like(batch.response_mask) if models.critic is not None else None
         rows_needed = torch.arange(len(batch))[carries_gradient]
         for rows, padding in self.equalized(microbatches(rows_needed, batch.lengths,
                                                          self.cfg.algorithm.micro_batch_tokens)):
             mb = batch.select(rows)
             width = mb.input_ids.shape[1]
             logp = sequence_logprobs(models.policy, mb.input_ids, mb.attention_mask, mb.response_mask,
-                                     temperature=temperature, shared_prefix=self.cfg.algorithm.shared_prefix)
+                                     temperature=temperature, shared_prefix=self.cfg.algorithm.shared_prefix
+                                     ) if policy else None
             ref_logp = None
             if ref is not None:
                 with models.reference_scope():  # LoRA: the policy with its adapters disabled
@@ -231,7 +239,8 @@ class Trainer:
             value = _shifted_values(models.critic, mb) * mb.response_mask if values is not None else None
             if padding:
                 continue
-            old[rows, :width] = logp
+            if old is not None:
+                old[rows, :width] = logp
             if ref is not None:
                 ref[rows, :width] = ref_logp
             if values is not None:

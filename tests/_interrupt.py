@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BANNER = "FastZero: "  # printed by fastzero.train once the run is built
-TINY = ["--num-train", "300", "--num-test", "16", "--prompts-per-step", "4", "--samples-per-prompt", "4",
+TINY = ["--preset", "tiny-direct", "--num-train", "300", "--num-test", "16", "--prompts-per-step", "4", "--samples-per-prompt", "4",
         "--mini-batch-size", "8", "--eval-every", "2", "--save-every", "1", "--progress", "false",
         "--threads", "1", "--max-steps", "4"]
 # Before Python has run fastzero's first lines (interpreter start-up, ~0.1 s) a signal ends the

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from fastzero.train import main
 
-TINY = ["--num-train", "300", "--num-test", "8", "--prompts-per-step", "4", "--samples-per-prompt", "4",
+TINY = ["--preset", "tiny-direct", "--num-train", "300", "--num-test", "8", "--prompts-per-step", "4", "--samples-per-prompt", "4",
         "--mini-batch-size", "8", "--eval-every", "0", "--progress", "false", "--threads", "1",
         "--time-limit-minutes", "0"]
 

@@ -21,7 +21,7 @@ from fastzero.run import Run
 from fastzero.train import config_from_args
 from fastzero.trainer import Trainer
 
-SMALL = ["--num-train", "300", "--num-test", "8", "--prompts-per-step", "4", "--samples-per-prompt", "4",
+SMALL = ["--preset", "tiny-direct", "--num-train", "300", "--num-test", "8", "--prompts-per-step", "4", "--samples-per-prompt", "4",
          "--mini-batch-size", "8", "--eval-every", "0", "--progress", "false", "--threads", "1",
          "--lr", "1e-6", "--grad-clip", "1.0"]
 STEPS = 3

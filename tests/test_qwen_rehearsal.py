@@ -20,7 +20,7 @@ from fastzero.train import main
 
 ENDOFTEXT, IM_END = 151643, 151645
 QWEN_PRESETS = [name for name in PRESETS if name.startswith("qwen2.5-")]
-FAST = ["--num-train", "48", "--num-test", "3", "--prompts-per-step", "2", "--mini-batch-size", "2",
+FAST = ["--preset", "tiny-direct", "--num-train", "48", "--num-test", "3", "--prompts-per-step", "2", "--mini-batch-size", "2",
         "--max-new-tokens", "12", "--max-steps", "2", "--eval-every", "0", "--save-every", "0",
         "--progress", "false", "--threads", "1", "--log-samples", "2"]
 

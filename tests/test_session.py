@@ -19,7 +19,7 @@ from tests._interrupt import assert_same_run, comparable_rows
 
 # KL in the loss: every sequence carries a gradient, so every step takes two optimizer steps (two
 # mini-batches of 8 sequences): optimizer step 2k+1 is the middle of RL step k+1.
-ARGS = ["--num-train", "300", "--num-test", "8", "--prompts-per-step", "4", "--samples-per-prompt", "4",
+ARGS = ["--preset", "tiny-direct", "--num-train", "300", "--num-test", "8", "--prompts-per-step", "4", "--samples-per-prompt", "4",
         "--mini-batch-size", "8", "--eval-every", "2", "--save-every", "1", "--progress", "false",
         "--threads", "1", "--max-steps", "3", "--kl-coef", "0.01"]
 

@@ -20,7 +20,7 @@ from tests._distributed import free_port
 
 pytestmark = pytest.mark.slow
 
-FLAGS = ["--threads", "1", "--max-steps", "4", "--save-every", "1", "--eval-every", "0", "--num-test", "8",
+FLAGS = ["--preset", "tiny-direct", "--threads", "1", "--max-steps", "4", "--save-every", "1", "--eval-every", "0", "--num-test", "8",
          "--prompts-per-step", "4", "--samples-per-prompt", "4", "--mini-batch-size", "8", "--max-new-tokens", "8",
          "--time-limit-minutes", "0", "--progress", "false", "--num-train", "100"]
 

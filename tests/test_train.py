@@ -20,7 +20,7 @@ from fastzero.train import main
 from tests._helpers import assert_grad_close, sum_rtol
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = ["--num-train", "300", "--num-test", "16", "--prompts-per-step", "4", "--samples-per-prompt", "4",
+SMALL = ["--preset", "tiny-direct", "--num-train", "300", "--num-test", "16", "--prompts-per-step", "4", "--samples-per-prompt", "4",
          "--mini-batch-size", "8", "--eval-every", "0", "--progress", "false", "--threads", "1"]
 
 

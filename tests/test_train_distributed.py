@@ -70,7 +70,7 @@ def train(opts: dict, *, resume: bool = False, stop_after: int | None = None) ->
     from fastzero.run import Run
     from fastzero.sharding import full_state_dict
 
-    config = C.from_preset("tiny-cpu")
+    config = C.from_preset("tiny-direct")
     for key, value in opts.items():
         config.set(key, value)
     if stop_after is not None:

@@ -20,7 +20,7 @@ from fastzero.train import config_from_args
 from fastzero.trainer import Trainer
 from tests._helpers import assert_grad_close, sum_rtol
 
-SMALL = ["--num-train", "300", "--num-test", "4", "--prompts-per-step", "4", "--samples-per-prompt", "2",
+SMALL = ["--preset", "tiny-direct", "--num-train", "300", "--num-test", "4", "--prompts-per-step", "4", "--samples-per-prompt", "2",
          "--progress", "false", "--threads", "1", "--kl-coef", "0.01", "--entropy-coef", "0.01"]
 LENGTHS = (1, 5, 9, 3, 7, 2, 6)
 BUDGETS = (10**6, 1, 40, 25)  # one micro-batch, one row each, and two uneven packings

@@ -17,7 +17,7 @@ from fastzero.train import config_from_args
 from fastzero.trainer import Trainer
 from tests._helpers import assert_grad_close, sum_rtol
 
-SMALL = ["--num-train", "300", "--num-test", "4", "--prompts-per-step", "4", "--samples-per-prompt", "4",
+SMALL = ["--preset", "tiny-direct", "--num-train", "300", "--num-test", "4", "--prompts-per-step", "4", "--samples-per-prompt", "4",
          "--mini-batch-size", "16", "--progress", "false", "--threads", "1", "--seed", "3"]
 
 
@@ -33,7 +33,8 @@ def _bound(run: Run, tokens: int) -> float:
 
 @pytest.mark.parametrize("extra, expected", [
     ((), True),
-    (("--kl-coef", "0.01"), False),  # a reference model: its KL reads the old log-probs
+    (("--kl-coef", "0.01"), True),  # a KL term in the loss reads the pass' own log-probs and the reference's
+    (("--kl-coef", "0.01", "--kl-in-reward", "true", "--algorithm", "reinforce_pp"), False),  # a KL reward reads the old ones
     (("--ppo-epochs", "2"), False),
     (("--mini-batch-size", "8"), False),  # two optimizer steps per rollout batch
     (("--is-correction", "tis"), False),
@@ -75,11 +76,12 @@ def test_own_old_logprobs_give_the_two_forward_gradient(tmp_path, fused):
         assert own_stats["approx_kl_old"] == 0.0
 
 
-def test_a_whole_step_matches_the_two_forward_step(tmp_path, monkeypatch):
+@pytest.mark.parametrize("kl", [(), ("--kl-coef", "0.05")])
+def test_a_whole_step_matches_the_two_forward_step(tmp_path, monkeypatch, kl):
     weights, rows = [], []
     for shortcut in (True, False):
         run = _run(tmp_path / str(shortcut), ("--prompts-per-step", "8", "--samples-per-prompt", "8",
-                                              "--mini-batch-size", "64"))
+                                              "--mini-batch-size", "64", *kl))
         trainer = Trainer.from_run(run)
         if not shortcut:
             monkeypatch.setattr(trainer, "on_policy", lambda rows: False)
@@ -90,6 +92,9 @@ def test_a_whole_step_matches_the_two_forward_step(tmp_path, monkeypatch):
     assert rows[0]["reward/mean"] == rows[1]["reward/mean"]  # the same samples
     assert rows[0]["grad_norm"] == pytest.approx(rows[1]["grad_norm"], rel=1e-4)
     assert rows[0]["clip_frac"] == 0.0
+    if kl:  # the reference scored the batch on both paths; the loss's KL term is the same
+        assert "kl/ref" in rows[1] and "kl/ref" not in rows[0]
+        assert rows[0]["kl_ref"] == pytest.approx(rows[1]["kl_ref"], rel=1e-4, abs=1e-9)
     # AdamW's first step moves each weight by ~lr * sign(gradient): an entry whose gradient is ~0
     # may flip sign on rounding, so the updates are compared as vectors, not entry by entry.
     initial = torch.cat([p.detach().flatten() for p in _run(tmp_path / "initial").policy.parameters()])

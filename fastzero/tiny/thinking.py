@@ -57,7 +57,7 @@ OPS = ("+", "-", "*", "/")
 class TraceShape:
     """How the synthetic thinker behaves (probabilities per candidate or per value)."""
 
-    continue_rate: float = 0.4  # after each line, write another (at most one line per prompt number)
+    continue_rate: float = 0.6  # after each line, write another (at most one line per prompt number)
     solution_rate: float = 0.25  # a line is a real solution with its lead (when one exists, untried)
     error_rate: float = 0.02  # stated chain values off by 1-3
     max_value_in_think: int = 400  # candidates keep every intermediate value in 0..this

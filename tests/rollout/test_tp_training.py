@@ -94,7 +94,7 @@ def rank_train(tp: int, output_dir: str) -> dict:
 
     rollout.sglang_available = lambda: True  # CPU ranks; the engine is the stand-in above
     sglang_adapter._sglang_engine_class = lambda: ModelBackedEngine
-    config = C.from_preset("tiny-cpu")
+    config = C.from_preset("tiny-direct")
     for key, value in dict(rollout="sglang", sglang_tp=tp, sync_bucket_mb=1, prompts_per_step=4,
                            samples_per_prompt=4, mini_batch_size=8, micro_batch_tokens=96, max_new_tokens=8,
                            num_test=6, num_train=100, eval_every=1, save_every=1, max_steps=2,

@@ -13,7 +13,7 @@ import pytest
 from fastzero.train import main
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-SMALL = ["--num-train", "300", "--num-test", "16", "--prompts-per-step", "4", "--samples-per-prompt", "4",
+SMALL = ["--preset", "tiny-direct", "--num-train", "300", "--num-test", "16", "--prompts-per-step", "4", "--samples-per-prompt", "4",
          "--mini-batch-size", "8", "--eval-every", "0", "--progress", "false", "--threads", "1", "--max-steps", "2"]
 SEQUENCES = 16  # prompts x samples per step, and held-out problems
 
