@@ -183,9 +183,10 @@ def test_fused_and_unfused_loss_paths_give_the_same_gradient(tmp_path):
 
 
 def test_seeded_run_learns(tmp_path):
-    """A short seeded GRPO run on the embedded model: held-out greedy accuracy and reward rise."""
+    """A short seeded GRPO run on the embedded direct model: held-out greedy accuracy and reward rise."""
     out = tmp_path / "run"
-    assert main(["--max-steps", "30", "--eval-every", "0", "--num-test", "200", "--num-train", "2000",
+    assert main(["--preset", "tiny-direct", "--max-steps", "30", "--eval-every", "0", "--num-test", "200",
+                 "--num-train", "2000",
                  "--prompts-per-step", "32", "--progress", "false", "--output-dir", str(out)]) == 0
     rows = _rows(out)
     evals = [r for r in rows if "eval/accuracy" in r]
@@ -193,3 +194,19 @@ def test_seeded_run_learns(tmp_path):
     assert end >= start + 0.04, (start, end)
     rewards = [r["reward/mean"] for r in rows if "reward/mean" in r]
     assert sum(rewards[-5:]) / 5 > sum(rewards[:5]) / 5
+
+
+@pytest.mark.slow
+def test_the_default_run_learns_to_stop_at_its_checked_hit(tmp_path):
+    """The default run (the thinking model) for half its steps: greedy decoding starts with all three
+    candidate lines and answers the last; RL must teach it to stop at the line whose check is 0
+    (fewer equations per held-out response) and gain accuracy from that (bench/RESULTS.md, traces v4:
+    every lr 2e-4 run flipped by step 40)."""
+    out = tmp_path / "run"
+    assert main(["--max-steps", "60", "--num-test", "200", "--progress", "false", "--output-dir", str(out)]) == 0
+    evals = [r for r in _rows(out) if "eval/accuracy" in r]
+    start, end = evals[0], evals[-1]
+    assert start["eval/think/equations"] == 9.0  # three lines of chain, chain, check
+    assert end["eval/think/equations"] < 8.0, end
+    assert end["eval/accuracy"] >= start["eval/accuracy"] + 0.08, (start["eval/accuracy"], end["eval/accuracy"])
+    assert end["eval/think/arithmetic_right"] > 0.9 and end["eval/think/verified"] > 0.8
