@@ -4,8 +4,9 @@ A run's config is built in layers: the dataclass defaults (which are the `tiny-d
 then a named preset (`tiny-cpu` when none is given), then a `--config FILE` (JSON or TOML, flat or
 by section), then command-line options. Every field is one `--option` on the command line, named
 after the field (`max_steps` -> `--max-steps`; a field may carry another option name, as
-`estimator` is `--algorithm`), so option names are unique across sections. Choice lists are imported from the module that implements them.
-`validate` checks every value and every conflict before any work starts and names the option at fault.
+`estimator` is `--algorithm`), so option names are unique across sections. Choice lists are
+imported from the module that implements them. `validate` checks every value and every conflict
+before any work starts and names the option at fault.
 """
 from __future__ import annotations
 
@@ -324,7 +325,7 @@ _TINY_THINK = dict(  # the embedded thinking model: <think> candidates, then <an
     # lr 2e-4 learns "stop at the check's 0" within ~40 steps (bench/RESULTS.md, traces v4).
     model_path=THINKING_MODEL, max_new_tokens=72, lr=2e-4, temperature=0.7, kl_coef=0.05,
     prompts_per_step=32, mini_batch_size=256,
-    max_steps=120, eval_every=20,  # the default run: ~8 RL minutes on a quiet 2-core CPU, a curve of 7 points
+    max_steps=120, eval_every=20,  # the default run: ~8 RL minutes on a quiet 2-core CPU, 7 evaluations
 )
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -86,7 +86,8 @@ def encode_documents(tokenizer: Tokenizer, documents: Sequence[tuple[str, str]])
     return ids, mask
 
 
-def answer_loss(model, ids: torch.Tensor, mask: torch.Tensor, tokens_per_batch: float | None = None) -> torch.Tensor:
+def answer_loss(model, ids: torch.Tensor, mask: torch.Tensor,
+                tokens_per_batch: float | None = None) -> torch.Tensor:
     """Cross-entropy on the answer tokens: their sum over `tokens_per_batch` (default: their mean).
 
     A fixed divisor (the corpus's mean answer tokens per row times the batch size) weighs every token
