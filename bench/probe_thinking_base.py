@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 
 import torch
 
@@ -66,7 +67,7 @@ def stop_choices(response: str) -> tuple[list[bool], list[bool]]:
 def leads_in_order(response: str, numbers) -> bool:
     """Does line i start with the prompt's i-th number?"""
     lines = [line for line in (think_block(response) or "").split("\n") if line]
-    return all(i < len(numbers) and line.split("+")[0].split("-")[0].split("*")[0].split("/")[0] == str(numbers[i])
+    return all(i < len(numbers) and re.split(r"[+\-*/]", line, maxsplit=1)[0] == str(numbers[i])
                for i, line in enumerate(lines))
 
 
