@@ -6,6 +6,11 @@ libraries that write checkpoints hide the OSError: `torch.save` turns it into
 `save_pretrained`) into `SafetensorError: ... I/O error: No space left on device (os error 28)`.
 `torch_save` keeps the OSError that torch's writes hit; `as_os_error` recovers the errno from a
 safetensors message. Both name the file.
+
+The same hiding swallows Ctrl-C: a signal handler runs inside our `write`, and its
+KeyboardInterrupt reaches torch's C++ writer as a failed write; the writer's position is then off
+and `write_end_of_file` raises that RuntimeError instead. A stop that the run would have handled
+(fastzero/interrupts.py) became a traceback. `torch_save` re-raises the interrupt itself.
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ class _RecordingFile:
     def write(self, data) -> int:
         try:
             return self.handle.write(data)
-        except OSError as err:
+        except BaseException as err:  # an OSError, or a signal handler's KeyboardInterrupt
             self.error = self.error or err
             raise
 
@@ -37,14 +42,18 @@ class _RecordingFile:
 
 
 def torch_save(obj: Any, path: str) -> None:
-    """torch.save to `path`, raising the OSError of a failed write (with the path) as such."""
+    """torch.save to `path`, raising the OSError of a failed write (with the path) as such, and a
+    signal's KeyboardInterrupt during a write as itself."""
     with open(path, "wb") as handle:
         recording = _RecordingFile(handle)
         try:
             torch.save(obj, recording)
         except RuntimeError:
-            if recording.error is not None:
-                raise OSError(recording.error.errno, recording.error.strerror, path) from None
+            cause = recording.error
+            if isinstance(cause, OSError):
+                raise OSError(cause.errno, cause.strerror, path) from None
+            if isinstance(cause, KeyboardInterrupt):
+                raise cause from None  # its own type: StepAborted and StopRequested mean different stops
             raise
 
 

@@ -98,6 +98,47 @@ def test_a_second_signal_during_the_final_save_keeps_the_previous_checkpoint(ref
     assert comparable_rows(out)[-1]["step"] == 3
 
 
+class _FileToWrite:
+    """The file torch_save writes through, so that a signal can land inside one of torch's writes."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.close()
+
+    def write(self, data) -> int:
+        return self.handle.write(data)
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def test_a_second_signal_inside_a_torch_write_is_a_clean_stop_not_a_traceback(reference, tmp_path, monkeypatch, capsys):
+    """torch's C++ writer sees the handler's KeyboardInterrupt as a failed write and used to raise
+    RuntimeError("unexpected pos ...") in its place (a random-interruption test caught it)."""
+    import builtins
+
+    from fastzero import write_errors
+
+    out = tmp_path / "run"
+    args = list(ARGS)
+    args[args.index("--save-every") + 1] = "0"  # the stop's save is the first torch_save of the run
+    monkeypatch.setattr(write_errors, "open", lambda path, mode: _FileToWrite(builtins.open(path, mode)), raising=False)
+    _signal_after(monkeypatch, optim.Optimizers, "step", calls={3})  # first signal: step 2 finishes, then saves
+    _signal_after(monkeypatch, _FileToWrite, "write", calls={2})  # second one: inside torch.save's writes
+    assert main(args + ["--output-dir", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert "second signal during the save: abandoned it" in err and "Traceback" not in err
+    assert _steps_on_disk(out) == [] and not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".tmp")]
+    monkeypatch.undo()
+    assert main(["--resume", str(out)]) == 0
+    assert_same_run(reference, out)
+
+
 @pytest.mark.parametrize("where", ["start-up", "first evaluation"])
 def test_a_signal_during_start_up_or_the_first_evaluation_leaves_a_resumable_directory(reference, tmp_path, monkeypatch,
                                                                                        capsys, where):
