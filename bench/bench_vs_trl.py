@@ -1,13 +1,18 @@
 """FastZero against Hugging Face TRL's GRPOTrainer: same model, prompts, problems, reward, recipe.
 
-Both train the embedded tiny model (fastzero/assets/tiny-countdown) with GRPO on the same problem
+Both train an embedded tiny model with GRPO on the same problem
 pool (written to files that FastZero reads with --train-path / --test-path and TRL gets as a
 dataset), the same compact prompts (the bench checks that TRL tokenizes them to FastZero's ids), the
 same reward (fastzero's C++ Countdown verifier on the response with special tokens kept) and the
-same recipe: 64 prompts x 8 samples per step, 14 new tokens, temperature 1, AdamW lr 1e-4 constant,
-no KL (TRL beta=0), a token mean over the step's batch (TRL loss_type="dapo" with one optimizer step
-per generation batch = FastZero's token-mean with mini_batch_size 512), clip 0.2, group-std
-normalized advantages, grad clip 1.0. FastZero runs through its CLI (python -m fastzero.train), TRL
+same recipe, one of two (--model):
+- direct (fastzero/assets/tiny-countdown, preset tiny-direct): 64 prompts x 8 samples per step, 14
+  new tokens, temperature 1, AdamW lr 1e-4 constant, no KL (TRL beta=0);
+- think (fastzero/assets/tiny-countdown-think, the default run's recipe): 32 prompts x 8 samples,
+  72 new tokens, temperature 0.7, lr 2e-4 constant, k3 KL to the base in the loss with coefficient
+  0.05 (TRL beta=0.05, the same estimator), which the think block needs (bench/RESULTS.md).
+Both: a token mean over the step's batch (TRL loss_type="dapo" with one optimizer step per
+generation batch = FastZero's token-mean with mini_batch_size = the step's sequences), clip 0.2,
+group-std normalized advantages, grad clip 1.0. FastZero runs through its CLI (python -m fastzero.train), TRL
 in-process. Held-out accuracy is measured the same way for both: greedy decoding of the final
 weights on the same 500 held-out problems, scored by the same verifier.
 
@@ -19,7 +24,7 @@ wall time.
 
 TRL is a `[bench]` extra, never a trainer dependency: run this from a separate venv that has it
 (`python3 -m venv venv-trl && venv-trl/bin/pip install torch==2.13.0 -e .[bench]`):
-    venv-trl/bin/python bench/bench_vs_trl.py [--steps 20] [--seconds 90] [--pairs 1]
+    venv-trl/bin/python bench/bench_vs_trl.py [--model direct|think] [--steps 20] [--seconds 90] [--pairs 1]
 Ends with one JSON line.
 """
 from __future__ import annotations
@@ -32,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -41,15 +47,35 @@ from fastzero.tasks.countdown.problems import generate_problems, save_problems
 from fastzero.tasks.countdown.prompts import render_prompt
 from fastzero.tasks.countdown.verifier import score_batch
 
-MODEL_DIR = os.path.join(os.path.dirname(__file__), "..", "fastzero", "assets", "tiny-countdown")
+ASSETS = os.path.join(os.path.dirname(__file__), "..", "fastzero", "assets")
 RANGES = dict(min_numbers=3, max_numbers=3, min_value=1, max_value=20, min_target=1, max_target=50)
-PROMPTS, SAMPLES, NEW_TOKENS, LR, CLIP, GRAD_CLIP = 64, 8, 14, 1e-4, 0.2, 1.0
+SAMPLES, CLIP, GRAD_CLIP = 8, 0.2, 1.0
 
 
-def load_model():
+@dataclass(frozen=True)
+class Recipe:
+    """What differs between the two models' runs; both sides get every field."""
+    model_dir: str
+    prompts: int
+    new_tokens: int
+    lr: float
+    temperature: float
+    kl_coef: float
+
+
+RECIPES = {
+    "direct": Recipe(os.path.join(ASSETS, "tiny-countdown"), prompts=64, new_tokens=14, lr=1e-4,
+                     temperature=1.0, kl_coef=0.0),
+    "think": Recipe(os.path.join(ASSETS, "tiny-countdown-think"), prompts=32, new_tokens=72, lr=2e-4,
+                    temperature=0.7, kl_coef=0.05),
+}
+
+
+def load_model(recipe: Recipe):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    return AutoModelForCausalLM.from_pretrained(MODEL_DIR).eval(), AutoTokenizer.from_pretrained(MODEL_DIR)
+    return (AutoModelForCausalLM.from_pretrained(recipe.model_dir).eval(),
+            AutoTokenizer.from_pretrained(recipe.model_dir))
 
 
 def prompt_ids(tokenizer, problem) -> list[int]:
@@ -63,51 +89,54 @@ def response_texts(tokenizer, responses: list[list[int]], stop: int) -> list[str
     return tokenizer.batch_decode(trimmed, skip_special_tokens=False)
 
 
-def held_out_accuracy(model, tokenizer, problems) -> float:
+def held_out_accuracy(model, tokenizer, problems, recipe: Recipe) -> float:
     engine = HFEngine(model, eos_token_ids=[tokenizer.eos_token_id])
     out = engine.generate([prompt_ids(tokenizer, p) for p in problems],
-                          SamplingParams(max_new_tokens=NEW_TOKENS, temperature=0.0))
+                          SamplingParams(max_new_tokens=recipe.new_tokens, temperature=0.0))
     texts = response_texts(tokenizer, [g[0].response_ids for g in out], tokenizer.eos_token_id)
     scores = score_batch(texts, [p.numbers for p in problems], [p.target for p in problems])
     return sum(s == 1.0 for s in scores) / len(scores)
 
 
 # ---- FastZero, through its CLI -------------------------------------------------------------------------
-def run_fastzero(files: dict[str, str], out: str, *, steps: int, seconds: float, threads: int) -> dict:
-    command = [sys.executable, "-m", "fastzero.train", "--preset", "tiny-direct", "--output-dir", out,
+def run_fastzero(files: dict[str, str], out: str, recipe: Recipe, *, steps: int, seconds: float,
+                 threads: int) -> dict:
+    command = [sys.executable, "-m", "fastzero.train", "--preset", "tiny-direct", "--model-path", recipe.model_dir,
+               "--output-dir", out,
                "--train-path", files["train"], "--test-path", files["test"], "--max-steps", str(steps),
                "--eval-every", "0", "--save-every", "0",
-               "--threads", str(threads), "--progress", "false", "--seed", "0", "--lr", str(LR),
-               "--prompts-per-step", str(PROMPTS), "--samples-per-prompt", str(SAMPLES),
-               "--max-new-tokens", str(NEW_TOKENS), "--mini-batch-size", str(PROMPTS * SAMPLES),
-               "--kl-coef", "0", "--loss-agg", "token-mean", "--grad-clip", str(GRAD_CLIP),
-               "--clip-low", str(CLIP), "--clip-high", str(CLIP), "--temperature", "1.0",
+               "--threads", str(threads), "--progress", "false", "--seed", "0", "--lr", str(recipe.lr),
+               "--prompts-per-step", str(recipe.prompts), "--samples-per-prompt", str(SAMPLES),
+               "--max-new-tokens", str(recipe.new_tokens), "--mini-batch-size", str(recipe.prompts * SAMPLES),
+               "--kl-coef", str(recipe.kl_coef), "--kl-in-reward", "false", "--loss-agg", "token-mean",
+               "--grad-clip", str(GRAD_CLIP), "--clip-low", str(CLIP), "--clip-high", str(CLIP),
+               "--temperature", str(recipe.temperature),
                "--time-limit-minutes", str(seconds / 60 if seconds else 0)]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     steps_rows = [r for r in rows if "time/step" in r and not r.get("skipped")]
     train_seconds = sum(r["time/step"] for r in steps_rows)
-    prompt_tokens = _prompt_length()
-    tokens = sum(PROMPTS * SAMPLES * (prompt_tokens + r["response/length"]) for r in steps_rows)
+    prompt_tokens = _prompt_length(recipe)
+    tokens = sum(recipe.prompts * SAMPLES * (prompt_tokens + r["response/length"]) for r in steps_rows)
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(os.path.join(out, "final")).eval()
     return dict(steps=len(steps_rows), seconds=train_seconds, tokens=tokens, model=model)
 
 
-def _prompt_length() -> int:
-    _, tokenizer = load_model()
+def _prompt_length(recipe: Recipe) -> int:
+    _, tokenizer = load_model(recipe)
     return len(prompt_ids(tokenizer, generate_problems(1, seed=0, **RANGES)[0]))  # compact prompts: one width
 
 
 # ---- TRL, in-process -------------------------------------------------------------------------------------
-def run_trl(train, tokenizer, *, steps: int, seconds: float, threads: int, out: str) -> dict:
+def run_trl(train, tokenizer, recipe: Recipe, *, steps: int, seconds: float, threads: int, out: str) -> dict:
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     torch.set_num_threads(threads)
-    model, _ = load_model()
+    model, _ = load_model(recipe)
     model.train()
     eos = tokenizer.eos_token_id
     dataset = Dataset.from_list([{"prompt": render_prompt("compact", p.numbers, p.target, tokenizer),
@@ -144,10 +173,13 @@ def run_trl(train, tokenizer, *, steps: int, seconds: float, threads: int, out: 
 
     config = GRPOConfig(
         output_dir=out, use_cpu=True, bf16=False, fp16=False, report_to=[], save_strategy="no", logging_steps=10,
-        seed=0, max_steps=100_000, learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-        max_grad_norm=GRAD_CLIP, per_device_train_batch_size=PROMPTS * SAMPLES, gradient_accumulation_steps=1,
-        num_generations=SAMPLES, steps_per_generation=1,  # one generation batch of 512 per optimizer step
-        max_completion_length=NEW_TOKENS, temperature=1.0, top_p=1.0, beta=0.0, num_iterations=1, epsilon=CLIP,
+        seed=0, max_steps=100_000, learning_rate=recipe.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+        max_grad_norm=GRAD_CLIP, per_device_train_batch_size=recipe.prompts * SAMPLES,
+        gradient_accumulation_steps=1, num_generations=SAMPLES,
+        steps_per_generation=1,  # one generation batch (the step's sequences) per optimizer step
+        max_completion_length=recipe.new_tokens, temperature=recipe.temperature, top_p=1.0,
+        beta=recipe.kl_coef,  # k3 in the loss, as FastZero's --kl-in-reward false
+        num_iterations=1, epsilon=CLIP,
         loss_type="dapo", scale_rewards="group", disable_dropout=True, dataloader_num_workers=0,
         log_completions=False,
     )
@@ -157,7 +189,7 @@ def run_trl(train, tokenizer, *, steps: int, seconds: float, threads: int, out: 
     trainer.train()
     result = {}
     for name, snap in clock.snapshots.items():
-        snapshot_model, _ = load_model()
+        snapshot_model, _ = load_model(recipe)
         snapshot_model.load_state_dict(snap["state"])
         result[name] = dict(steps=snap["steps"], seconds=snap["seconds"], tokens=snap["tokens"],
                             model=snapshot_model.eval())
@@ -166,13 +198,15 @@ def run_trl(train, tokenizer, *, steps: int, seconds: float, threads: int, out: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=RECIPES, default="direct", help="which embedded model and recipe")
     parser.add_argument("--steps", type=int, default=20, help="the equal-steps comparison point")
     parser.add_argument("--seconds", type=float, default=90.0, help="the equal-wall-time budget of training")
     parser.add_argument("--pairs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    _, tokenizer = load_model()
+    recipe = RECIPES[args.model]
+    _, tokenizer = load_model(recipe)
     test = generate_problems(500, seed=1000, **RANGES)  # FastZero's default held-out split
     train = generate_problems(8000, seed=1001, exclude=test, **RANGES)
     results = []
@@ -181,28 +215,29 @@ def main() -> None:
         save_problems(train, files["train"])
         save_problems(test, files["test"])
         for pair in range(args.pairs):
-            fz_steps = run_fastzero(files, os.path.join(tmp, f"fz-steps-{pair}"), steps=args.steps, seconds=0,
-                                    threads=args.threads)
-            trl = run_trl(train, tokenizer, steps=args.steps, seconds=args.seconds, threads=args.threads,
+            fz_steps = run_fastzero(files, os.path.join(tmp, f"fz-steps-{pair}"), recipe, steps=args.steps,
+                                    seconds=0, threads=args.threads)
+            trl = run_trl(train, tokenizer, recipe, steps=args.steps, seconds=args.seconds, threads=args.threads,
                           out=os.path.join(tmp, f"trl-{pair}"))
-            fz_time = run_fastzero(files, os.path.join(tmp, f"fz-time-{pair}"), steps=100_000,
+            fz_time = run_fastzero(files, os.path.join(tmp, f"fz-time-{pair}"), recipe, steps=100_000,
                                    seconds=args.seconds, threads=args.threads)
             results.append(dict(
                 fastzero_s_per_step=fz_steps["seconds"] / fz_steps["steps"],
                 trl_s_per_step=trl["steps"]["seconds"] / trl["steps"]["steps"],
                 fastzero_tok_s=fz_steps["tokens"] / fz_steps["seconds"],
                 trl_tok_s=trl["steps"]["tokens"] / trl["steps"]["seconds"],
-                fastzero_acc_at_steps=held_out_accuracy(fz_steps["model"], tokenizer, test),
-                trl_acc_at_steps=held_out_accuracy(trl["steps"]["model"], tokenizer, test),
+                fastzero_acc_at_steps=held_out_accuracy(fz_steps["model"], tokenizer, test, recipe),
+                trl_acc_at_steps=held_out_accuracy(trl["steps"]["model"], tokenizer, test, recipe),
                 fastzero_steps_in_time=fz_time["steps"], trl_steps_in_time=trl["time"]["steps"],
-                fastzero_acc_at_time=held_out_accuracy(fz_time["model"], tokenizer, test),
-                trl_acc_at_time=held_out_accuracy(trl["time"]["model"], tokenizer, test),
+                fastzero_acc_at_time=held_out_accuracy(fz_time["model"], tokenizer, test, recipe),
+                trl_acc_at_time=held_out_accuracy(trl["time"]["model"], tokenizer, test, recipe),
             ))
             print(json.dumps({"pair": pair, **{k: round(v, 4) for k, v in results[-1].items()}}), flush=True)
-    base = load_model()[0]
-    start = held_out_accuracy(base, tokenizer, test)
+    base = load_model(recipe)[0]
+    start = held_out_accuracy(base, tokenizer, test, recipe)
     med = {k: statistics.median(r[k] for r in results) for k in results[0]}
-    print(f"\nGRPO on the embedded tiny model, {PROMPTS} prompts x {SAMPLES} samples, {NEW_TOKENS} new tokens, "
+    print(f"\nGRPO on the embedded {args.model} model, {recipe.prompts} prompts x {SAMPLES} samples, "
+          f"{recipe.new_tokens} new tokens, KL {recipe.kl_coef}, "
           f"{args.threads} thread(s), {args.pairs} pair(s) (median); held-out greedy accuracy at start {start:.1%}")
     print(f"{'':<34}{'FastZero':>12}{'TRL':>12}{'ratio':>8}")
     for label, a, b, higher_better in [
@@ -214,7 +249,7 @@ def main() -> None:
     ]:
         ratio = (a / b if higher_better else b / a) if a and b else float("nan")
         print(f"{label:<34}{a:>12.4g}{b:>12.4g}{ratio:>8.2f}")
-    print(json.dumps({"bench": "vs_trl", "steps": args.steps, "seconds": args.seconds, "pairs": args.pairs,
+    print(json.dumps({"bench": "vs_trl", "model": args.model, "steps": args.steps, "seconds": args.seconds, "pairs": args.pairs,
                       "threads": args.threads, "start_accuracy": start, "median": med, "runs": results}))
 
 
