@@ -235,7 +235,7 @@ class Trainer:
             if ref is not None:
                 with models.reference_scope():  # LoRA: the policy with its adapters disabled
                     ref_logp = sequence_logprobs(models.reference, mb.input_ids, mb.attention_mask, mb.response_mask,
-                                                 temperature=temperature, shared_prefix=self.cfg.algorithm.shared_prefix)
+                                                 temperature=temperature)
             value = _shifted_values(models.critic, mb) * mb.response_mask if values is not None else None
             if padding:
                 continue
