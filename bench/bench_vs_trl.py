@@ -7,9 +7,10 @@ same reward (fastzero's C++ Countdown verifier on the response with special toke
 same recipe, one of two (--model):
 - direct (fastzero/assets/tiny-countdown, preset tiny-direct): 64 prompts x 8 samples per step, 14
   new tokens, temperature 1, AdamW lr 1e-4 constant, no KL (TRL beta=0);
-- think (fastzero/assets/tiny-countdown-think, the default run's recipe): 32 prompts x 8 samples,
-  72 new tokens, temperature 0.7, lr 2e-4 constant, k3 KL to the base in the loss with coefficient
-  0.05 (TRL beta=0.05, the same estimator), which the think block needs (bench/RESULTS.md).
+- think (fastzero/assets/tiny-countdown-think, the tiny-think preset = the default run's recipe):
+  32 prompts x 8 samples, 72 new tokens, temperature 0.7, its lr constant, k3 KL to the base in the
+  loss with coefficient 0.05 (TRL beta = the same, the same estimator), which the think block needs
+  (bench/RESULTS.md).
 Both: a token mean over the step's batch (TRL loss_type="dapo" with one optimizer step per
 generation batch = FastZero's token-mean with mini_batch_size = the step's sequences), clip 0.2,
 group-std normalized advantages, grad clip 1.0. FastZero runs through its CLI (python -m fastzero.train), TRL
@@ -41,6 +42,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fastzero.config import PRESETS
 from fastzero.rollout.base import SamplingParams
 from fastzero.rollout.hf import HFEngine
 from fastzero.tasks.countdown.problems import generate_problems, save_problems
@@ -63,11 +65,13 @@ class Recipe:
     kl_coef: float
 
 
+_THINK = PRESETS["tiny-think"]  # the default run's recipe, wherever the preset moves it
 RECIPES = {
     "direct": Recipe(os.path.join(ASSETS, "tiny-countdown"), prompts=64, new_tokens=14, lr=1e-4,
                      temperature=1.0, kl_coef=0.0),
-    "think": Recipe(os.path.join(ASSETS, "tiny-countdown-think"), prompts=32, new_tokens=72, lr=2e-4,
-                    temperature=0.7, kl_coef=0.05),
+    "think": Recipe(os.path.join(ASSETS, "tiny-countdown-think"), prompts=_THINK["prompts_per_step"],
+                    new_tokens=_THINK["max_new_tokens"], lr=_THINK["lr"], temperature=_THINK["temperature"],
+                    kl_coef=_THINK["kl_coef"]),
 }
 
 
