@@ -13,15 +13,15 @@ same recipe, one of two (--model):
   (bench/RESULTS.md).
 Both: a token mean over the step's batch (TRL loss_type="dapo" with one optimizer step per
 generation batch = FastZero's token-mean with mini_batch_size = the step's sequences), clip 0.2,
-group-std normalized advantages, grad clip 1.0. FastZero runs through its CLI (python -m fastzero.train), TRL
-in-process. Held-out accuracy is measured the same way for both: greedy decoding of the final
+group-std normalized advantages, grad clip 1.0. FastZero runs through its CLI (python -m
+fastzero.train), TRL in-process. Held-out accuracy is measured the same way for both: greedy decoding of the final
 weights on the same 500 held-out problems, scored by the same verifier.
 
 Per pair (back to back): FastZero for --steps steps; TRL until both --steps steps and --seconds of
 training are done (its weights snapshotted at each point); FastZero for --seconds. Training time
-excludes start-up and evaluation for both (FastZero: the sum of metrics.jsonl's time/step). Printed: seconds per step, tokens/s (prompt +
-response tokens processed per second of training) and held-out accuracy at equal steps and at equal
-wall time.
+excludes start-up and evaluation for both (FastZero: the sum of metrics.jsonl's time/step).
+Printed: seconds per step, tokens/s (prompt + response tokens processed per second of training) and
+held-out accuracy at equal steps and at equal wall time.
 
 TRL is a `[bench]` extra, never a trainer dependency: run this from a separate venv that has it
 (`python3 -m venv venv-trl && venv-trl/bin/pip install torch==2.13.0 -e .[bench]`):
@@ -177,7 +177,8 @@ def run_trl(train, tokenizer, recipe: Recipe, *, steps: int, seconds: float, thr
 
     config = GRPOConfig(
         output_dir=out, use_cpu=True, bf16=False, fp16=False, report_to=[], save_strategy="no", logging_steps=10,
-        seed=0, max_steps=100_000, learning_rate=recipe.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+        seed=0, max_steps=100_000, learning_rate=recipe.lr, lr_scheduler_type="constant", warmup_steps=0,
+        weight_decay=0.0,
         max_grad_norm=GRAD_CLIP, per_device_train_batch_size=recipe.prompts * SAMPLES,
         gradient_accumulation_steps=1, num_generations=SAMPLES,
         steps_per_generation=1,  # one generation batch (the step's sequences) per optimizer step
@@ -253,8 +254,9 @@ def main() -> None:
     ]:
         ratio = (a / b if higher_better else b / a) if a and b else float("nan")
         print(f"{label:<34}{a:>12.4g}{b:>12.4g}{ratio:>8.2f}")
-    print(json.dumps({"bench": "vs_trl", "model": args.model, "steps": args.steps, "seconds": args.seconds, "pairs": args.pairs,
-                      "threads": args.threads, "start_accuracy": start, "median": med, "runs": results}))
+    print(json.dumps({"bench": "vs_trl", "model": args.model, "steps": args.steps, "seconds": args.seconds,
+                      "pairs": args.pairs, "threads": args.threads, "start_accuracy": start, "median": med,
+                      "runs": results}))
 
 
 if __name__ == "__main__":
