@@ -63,15 +63,16 @@ class Recipe:
     lr: float
     temperature: float
     kl_coef: float
+    mini_batch: int  # sequences per optimizer step (TRL: per_device_train_batch_size x steps_per_generation)
 
 
 _THINK = PRESETS["tiny-think"]  # the default run's recipe, wherever the preset moves it
 RECIPES = {
     "direct": Recipe(os.path.join(ASSETS, "tiny-countdown"), prompts=64, new_tokens=14, lr=1e-4,
-                     temperature=1.0, kl_coef=0.0),
+                     temperature=1.0, kl_coef=0.0, mini_batch=64 * SAMPLES),
     "think": Recipe(os.path.join(ASSETS, "tiny-countdown-think"), prompts=_THINK["prompts_per_step"],
                     new_tokens=_THINK["max_new_tokens"], lr=_THINK["lr"], temperature=_THINK["temperature"],
-                    kl_coef=_THINK["kl_coef"]),
+                    kl_coef=_THINK["kl_coef"], mini_batch=_THINK["mini_batch_size"]),
 }
 
 
@@ -111,7 +112,7 @@ def run_fastzero(files: dict[str, str], out: str, recipe: Recipe, *, steps: int,
                "--eval-every", "0", "--save-every", "0",
                "--threads", str(threads), "--progress", "false", "--seed", "0", "--lr", str(recipe.lr),
                "--prompts-per-step", str(recipe.prompts), "--samples-per-prompt", str(SAMPLES),
-               "--max-new-tokens", str(recipe.new_tokens), "--mini-batch-size", str(recipe.prompts * SAMPLES),
+               "--max-new-tokens", str(recipe.new_tokens), "--mini-batch-size", str(recipe.mini_batch),
                "--kl-coef", str(recipe.kl_coef), "--kl-in-reward", "false", "--loss-agg", "token-mean",
                "--grad-clip", str(GRAD_CLIP), "--clip-low", str(CLIP), "--clip-high", str(CLIP),
                "--temperature", str(recipe.temperature),
@@ -156,6 +157,8 @@ def run_trl(train, tokenizer, recipe: Recipe, *, steps: int, seconds: float, thr
                                                                           tokenizer(text=prompts)["input_ids"])
         return score_batch(response_texts(tokenizer, completion_ids, eos), numbers, target)
 
+    per_generation = recipe.prompts * SAMPLES // recipe.mini_batch  # TRL optimizer steps per RL step
+
     class Clock(TrainerCallback):
         """Training time only (generation, reward, update), with weight snapshots at `steps` steps and
         when `seconds` of training are used up; stops once both are reached."""
@@ -168,10 +171,13 @@ def run_trl(train, tokenizer, recipe: Recipe, *, steps: int, seconds: float, thr
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
             self.elapsed += time.perf_counter() - self.started
-            for name, reached in (("steps", state.global_step == steps), ("time", self.elapsed >= seconds)):
+            if state.global_step % per_generation:  # the middle of an RL step: its batch is not used up
+                return
+            rl_steps = state.global_step // per_generation
+            for name, reached in (("steps", rl_steps == steps), ("time", self.elapsed >= seconds)):
                 if reached and name not in self.snapshots:
                     self.snapshots[name] = dict(state={k: v.detach().clone() for k, v in model.state_dict().items()},
-                                                steps=state.global_step, seconds=self.elapsed, tokens=counted["tokens"])
+                                                steps=rl_steps, seconds=self.elapsed, tokens=counted["tokens"])
             if len(self.snapshots) == 2:
                 control.should_training_stop = True
 
@@ -179,9 +185,12 @@ def run_trl(train, tokenizer, recipe: Recipe, *, steps: int, seconds: float, thr
         output_dir=out, use_cpu=True, bf16=False, fp16=False, report_to=[], save_strategy="no", logging_steps=10,
         seed=0, max_steps=100_000, learning_rate=recipe.lr, lr_scheduler_type="constant", warmup_steps=0,
         weight_decay=0.0,
-        max_grad_norm=GRAD_CLIP, per_device_train_batch_size=recipe.prompts * SAMPLES,
+        max_grad_norm=GRAD_CLIP, per_device_train_batch_size=recipe.mini_batch,
         gradient_accumulation_steps=1, num_generations=SAMPLES,
-        steps_per_generation=1,  # one generation batch (the step's sequences) per optimizer step
+        # One generation batch (the step's sequences) per step, cut into optimizer steps of
+        # recipe.mini_batch sequences, as FastZero's --mini-batch-size does; TRL counts each of those
+        # optimizer steps as a step, so Clock divides its step count back into RL steps.
+        steps_per_generation=per_generation,
         max_completion_length=recipe.new_tokens, temperature=recipe.temperature, top_p=1.0,
         beta=recipe.kl_coef,  # k3 in the loss, as FastZero's --kl-in-reward false
         num_iterations=1, epsilon=CLIP,
