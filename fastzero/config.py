@@ -324,8 +324,9 @@ _TINY_THINK = dict(  # the embedded thinking model: <think> candidates, then <an
     # it, RL wrecks the arithmetic and answers past it; at 0.02 the v4d model collapsed to one line);
     # 32 prompts a step for more steps per minute; lr 3e-4 learns "stop at the check's 0" by step
     # 60-80 on the v4d asset, where 2e-4 took ~110; two optimizer steps of 128 per rollout batch
-    # flip it by step 20-60 and end ~4 points higher at step 120 for ~4% more time a step (the
-    # old log-probs' forward), where lr 4e-4 did not (bench/RESULTS.md, traces v4d).
+    # flip it by step 40-60 in every run so far (lr 4e-4 did not), at 15% more time a step on 2
+    # threads (the old log-probs' forward), so the 8-minute default run ends at the same accuracy
+    # in fewer steps (bench/RESULTS.md, traces v4d).
     model_path=THINKING_MODEL, max_new_tokens=72, lr=3e-4, temperature=0.7, kl_coef=0.05,
     prompts_per_step=32, mini_batch_size=128,
     max_steps=120, eval_every=20,  # the default run: ~8 RL minutes on a quiet 2-core CPU, 7 evaluations
