@@ -11,8 +11,10 @@ same recipe, one of two (--model):
   32 prompts x 8 samples, 72 new tokens, temperature 0.7, its lr constant, k3 KL to the base in the
   loss with coefficient 0.05 (TRL beta = the same, the same estimator), which the think block needs
   (bench/RESULTS.md).
-Both: a token mean over the step's batch (TRL loss_type="dapo" with one optimizer step per
-generation batch = FastZero's token-mean with mini_batch_size = the step's sequences), clip 0.2,
+Both: the step's batch cut into optimizer steps of the recipe's mini-batch (direct: all 512, one
+step; think: the preset's --mini-batch-size), each a token mean over its tokens (TRL
+loss_type="dapo" with steps_per_generation = batch / mini-batch divides by the generation batch's
+tokens over steps_per_generation: the same in expectation), clip 0.2,
 group-std normalized advantages, grad clip 1.0. FastZero runs through its CLI (python -m
 fastzero.train), TRL in-process. Held-out accuracy is measured the same way for both: greedy decoding of the final
 weights on the same 500 held-out problems, scored by the same verifier.

@@ -324,7 +324,7 @@ _TINY_THINK = dict(  # the embedded thinking model: <think> candidates, then <an
     # it, RL wrecks the arithmetic and answers past it; at 0.02 the v4d model collapsed to one line);
     # 32 prompts a step for more steps per minute; lr 3e-4 learns "stop at the check's 0" by step
     # 60-80 on the v4d asset, where 2e-4 took ~110; two optimizer steps of 128 per rollout batch
-    # flip it by step 40-60 in every run so far (lr 4e-4 did not), at 15% more time a step on 2
+    # flip it by step 60 in every run so far (lr 4e-4 did not), at 15% more time a step on 2
     # threads (the old log-probs' forward), so the 8-minute default run ends at the same accuracy
     # in fewer steps (bench/RESULTS.md, traces v4d).
     model_path=THINKING_MODEL, max_new_tokens=72, lr=3e-4, temperature=0.7, kl_coef=0.05,
