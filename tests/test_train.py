@@ -201,7 +201,8 @@ def test_the_default_run_learns_to_stop_at_its_checked_hit(tmp_path):
     """The default run (the thinking model) for two thirds of its steps: greedy decoding starts with
     all three candidate lines and answers the last; RL must teach it to stop at the line whose check
     is 0 (fewer equations per held-out response) and gain accuracy from that (bench/RESULTS.md,
-    traces v4d: the lr 3e-4 runs flipped between steps 40 and 80, +16 and +21 points at step 80)."""
+    traces v4d: with one optimizer step a batch the lr 3e-4 runs flipped between steps 40 and 80,
+    +16 and +21 points at step 80; with the preset's two, by step 60, +23 to +27 at step 80)."""
     out = tmp_path / "run"
     # A process of its own, as a user runs it: the suite's TRITON_INTERPRET=1 would put every kernel
     # of this 80-step run under Triton's interpreter.
