@@ -8,6 +8,7 @@ traceback.
 """
 from __future__ import annotations
 
+import faulthandler
 import multiprocessing
 import os
 import socket
@@ -35,6 +36,7 @@ def rank_env(rank: int, world_size: int, port: int) -> dict[str, str]:
 def _child(fn: Callable[..., Any], args: tuple, env: dict[str, str], out_path: str) -> None:
     os.environ.update(env)
     torch.set_num_threads(1)
+    faulthandler.enable()  # a crash in native code (one SIGSEGV seen under load) prints the rank's Python stack
     try:
         result = ("ok", fn(*args))
     except BaseException:  # noqa: BLE001 - reported to the parent, which fails the test
