@@ -14,9 +14,9 @@ same recipe, one of two (--model):
 Both: the step's batch cut into optimizer steps of the recipe's mini-batch (direct: all 512, one
 step; think: the preset's --mini-batch-size), each a token mean over its tokens (TRL
 loss_type="dapo" with steps_per_generation = batch / mini-batch divides by the generation batch's
-tokens over steps_per_generation: the same in expectation), clip 0.2,
-group-std normalized advantages, grad clip 1.0. FastZero runs through its CLI (python -m
-fastzero.train), TRL in-process. Held-out accuracy is measured the same way for both: greedy decoding of the final
+tokens over steps_per_generation: the same in expectation), clip 0.2, group-std normalized
+advantages, grad clip 1.0. FastZero runs through its CLI (python -m fastzero.train), TRL
+in-process. Held-out accuracy is measured the same way for both: greedy decoding of the final
 weights on the same 500 held-out problems, scored by the same verifier.
 
 Per pair (back to back): FastZero for --steps steps; TRL until both --steps steps and --seconds of
