@@ -34,6 +34,10 @@ EMBEDDED_MODEL = "embedded:tiny-countdown"  # the tiny Qwen2 shipped in fastzero
 THINKING_MODEL = "embedded:tiny-countdown-think"  # its sibling that thinks before it answers
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 _EMBEDDED = "embedded:"
+# Where Trainer.step takes the old policy's log-probs from (fastzero/trainer.py; it imports this module).
+OLD_LOGPROBS = ("recompute", "rollout")
+# The learning rate after the warm-up (fastzero/optim.py; it imports this module).
+LR_SCHEDULES = ("constant", "cosine", "linear")
 
 
 def resolve_model_path(path: str) -> str:
@@ -131,6 +135,12 @@ class AlgorithmConfig:
     loss_agg: str = opt("token-mean", "loss aggregation", AGGREGATIONS)
     loss_mode: str = opt("ppo", "policy loss: ppo = token-ratio clip, gspo = sequence-ratio clip (geometric mean "
                                 "of token ratios), cispo = clipped stop-gradient IS weight on a REINFORCE term", LOSS_MODES)
+    old_logprobs: str = opt("recompute", "the old policy's log-probs in the PPO ratio when the update is off-policy (more "
+                                         "than one optimizer step per batch): recompute = a no-grad forward of the "
+                                         "policy before the update; rollout = the sampler's own, no forward (the same "
+                                         "numbers when the engine samples with the trainer's weights and precision: "
+                                         "the hf engine in float32; check mismatch_kl under recompute first)",
+                            OLD_LOGPROBS)
     is_correction: str = opt("none", "rollout/training mismatch correction from the sampler's log-probs: "
                                      "tis = truncated IS weight min(ratio, cap), mis = drop where ratio leaves [1/cap, cap]",
                              IS_CORRECTIONS)
@@ -149,6 +159,9 @@ class OptimizerConfig:
     critic_lr: float = opt(1e-5, "critic AdamW learning rate (ppo)")
     weight_decay: float = opt(0.0, "AdamW weight decay")
     warmup_steps: int = opt(0, "linear learning-rate warmup, in optimizer steps")
+    lr_schedule: str = opt("constant", "after the warm-up: constant, or a cosine / linear decay that reaches "
+                                       "--min-lr-ratio x lr at --max-steps", LR_SCHEDULES)
+    min_lr_ratio: float = opt(0.1, "the decaying schedules' last learning rate, as a share of lr (in [0, 1])")
     grad_clip: float = opt(1.0, "clip the global gradient norm to this (0 = off)")
     max_bad_steps: int = opt(3, "stop after this many non-finite losses/gradients in a row")
 
@@ -325,10 +338,11 @@ _TINY_THINK = dict(  # the embedded thinking model: <think> candidates, then <an
     # 32 prompts a step for more steps per minute; lr 3e-4 learns "stop at the check's 0" by step
     # 60-80 on the v4d asset, where 2e-4 took ~110; two optimizer steps of 128 per rollout batch
     # flip it by step 60 in every run so far (lr 4e-4 did not), at 15% more time a step on 2
-    # threads (the old log-probs' forward), so the 8-minute default run ends at the same accuracy
-    # in fewer steps (bench/RESULTS.md, traces v4d).
+    # threads for the old log-probs' forward, which the sampler's own log-probs replace (the hf
+    # engine in float32 samples from exactly the trainer's policy: mismatch_kl ~1e-9), so the
+    # second step is nearly free (bench/RESULTS.md, traces v4d).
     model_path=THINKING_MODEL, max_new_tokens=72, lr=3e-4, temperature=0.7, kl_coef=0.05,
-    prompts_per_step=32, mini_batch_size=128,
+    prompts_per_step=32, mini_batch_size=128, old_logprobs="rollout",
     max_steps=120, eval_every=20,  # the default run: ~8 RL minutes on a quiet 2-core CPU, 7 evaluations
 )
 
@@ -500,6 +514,7 @@ def validate(config: Config) -> None:
     need(0 < o.lr <= 1, "lr", "must be in (0, 1]")  # beyond 1 AdamW diverges at once (or overflows float32)
     need(0 < o.critic_lr <= 1, "critic_lr", "must be in (0, 1]")
     need(o.weight_decay >= 0, "weight_decay", "must be >= 0")
+    need(0 <= o.min_lr_ratio <= 1, "min_lr_ratio", "must be in [0, 1]")
     need(o.grad_clip >= 0, "grad_clip", "must be >= 0")
     need(run.time_limit_minutes >= 0, "time_limit_minutes", "must be >= 0")
     need(run.price_per_hour >= 0, "price_per_hour", "must be >= 0")
@@ -512,6 +527,9 @@ def validate(config: Config) -> None:
     if a.estimator in GROUP_METHODS:
         need(r.samples_per_prompt >= 2, "samples_per_prompt",
              f"{a.estimator} compares samples within a group: needs >= 2")
+    need(not (a.old_logprobs == "rollout" and a.is_correction != "none"), "is_correction",
+         "corrects the sampler's log-probs against the old policy's, but --old-logprobs rollout makes them the "
+         "same (every ratio 1): use --old-logprobs recompute with it")
     if a.kl_in_reward:
         need(a.estimator in TOKEN_METHODS, "kl_in_reward",
              f"a per-token KL reward needs a token-level estimator (--algorithm {' or '.join(TOKEN_METHODS)})")

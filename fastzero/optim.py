@@ -1,6 +1,6 @@
 """The optimizers of a run and everything around their step: AdamW for the policy and (PPO) the
-critic, fp32 master weights for low-precision models, the linear warm-up, gradient clipping, the
-non-finite guard and zero-grad. The trainer only calls zero_grad() and step().
+critic, fp32 master weights for low-precision models, the learning-rate schedule (linear warm-up,
+then constant or a cosine/linear decay), gradient clipping, the non-finite guard and zero-grad. The trainer only calls zero_grad() and step().
 
 fp32 master weights. AdamW stepping bf16 weights directly loses every update below bf16's spacing
 (~1e-4 at a weight of 0.02, ~8e-3 at an RMSNorm weight of 1.0), so at the Qwen presets' lr 1e-6
@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .config import OptimizerConfig
+from .config import Config, OptimizerConfig
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
@@ -84,9 +84,34 @@ class _Stepped:
         self.optimizer.load_state_dict(saved)
 
 
+def lr_scale(cfg: OptimizerConfig, steps_done: int, total_steps: int | None) -> float:
+    """The learning rate of optimizer step `steps_done` (0-based) as a share of --lr: a linear warm-up
+    over --warmup-steps, then constant, or a decay from 1 at the warm-up's end to --min-lr-ratio at
+    `total_steps` (the run's last optimizer step; held there beyond it)."""
+    warmup = cfg.warmup_steps
+    if warmup and steps_done < warmup:
+        return (steps_done + 1) / warmup
+    if cfg.lr_schedule == "constant" or not total_steps:
+        return 1.0
+    last = total_steps - 1
+    progress = 1.0 if steps_done >= last else (steps_done - warmup) / max(1, last - warmup)
+    shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if cfg.lr_schedule == "cosine" else 1.0 - progress
+    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * shape
+
+
+def planned_optimizer_steps(cfg: Config) -> int:
+    """The optimizer steps of a whole run: --max-steps RL steps, each --ppo-epochs passes over its
+    mini-batches (a step whose mini-batch carries no gradient takes fewer)."""
+    sequences = cfg.rollout.prompts_per_step * cfg.rollout.samples_per_prompt
+    per_epoch = -(-sequences // cfg.algorithm.mini_batch_size)
+    return cfg.run.max_steps * cfg.algorithm.ppo_epochs * per_epoch
+
+
 class Optimizers:
-    def __init__(self, cfg: OptimizerConfig, policy: torch.nn.Module, critic: torch.nn.Module | None = None):
-        self.cfg = cfg
+    def __init__(self, cfg: OptimizerConfig, policy: torch.nn.Module, critic: torch.nn.Module | None = None,
+                 total_steps: int | None = None):
+        """total_steps: the run's optimizer steps (the decaying schedules end there)."""
+        self.cfg, self.total_steps = cfg, total_steps
         self._policy = _Stepped(policy, cfg.lr, cfg.weight_decay)
         self._critic = _Stepped(critic, cfg.critic_lr, cfg.weight_decay) if critic is not None else None
         self.policy = self._policy.optimizer
@@ -98,9 +123,8 @@ class Optimizers:
             self._critic.zero_grad()
 
     def set_learning_rates(self, steps_done: int) -> None:
-        """Linear warm-up over --warmup-steps optimizer steps, then constant."""
-        warmup = self.cfg.warmup_steps
-        scale = min(1.0, (steps_done + 1) / warmup) if warmup else 1.0
+        """The schedule's rate for optimizer step `steps_done` (lr_scale)."""
+        scale = lr_scale(self.cfg, steps_done, self.total_steps)
         for group in self.policy.param_groups:
             group["lr"] = self.cfg.lr * scale
         if self.critic is not None:

@@ -29,7 +29,7 @@ from .loggers import make_sinks
 from .lora import LoraAdapters, add_adapters
 from .metrics import MemoryMetrics, MetricsLog
 from .model import CriticModel, choose_backends, load_causal_lm, resolve_device
-from .optim import Optimizers
+from .optim import Optimizers, planned_optimizer_steps
 from .rollout import RolloutEngine, make_engine, resolve_engine_kind
 from .rollout.tp_engine import make_tp_group_engine
 from .rollout.tp_groups import engine_placement, layout_from_env
@@ -98,7 +98,7 @@ class Run:
         else:
             self.models = _load_models(cfg, model_path, critic_path, self.load_options)
         policy, critic = self.models.policy, self.models.critic
-        self.optimizers = Optimizers(cfg.optimizer, policy, critic)
+        self.optimizers = Optimizers(cfg.optimizer, policy, critic, total_steps=planned_optimizer_steps(cfg))
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.stop_ids = tuple(sorted(_stop_ids(policy, self.tokenizer)))
         if self.dist.is_main:  # config.json first: from here on the directory is this run's (data/ cache included)

@@ -5,7 +5,8 @@
   -> collate into a SequenceBatch (with the sampler's log-probs and finish reasons)
   -> old / ref log-probs and values for the rows that carry a gradient (hidden states ->
      fused_logprobs; never [tokens x vocab] logits); skipped when the update is on-policy
-     (Trainer.on_policy: the loss takes the old log-probs from its own forward)
+     (Trainer.on_policy: the loss takes the old log-probs from its own forward) or with
+     --old-logprobs rollout (the sampler's log-probs are the old policy's)
   -> compute_advantages (the one entry point: group methods, REINFORCE++, GAE)
   -> PPO epochs over mini-batches, micro-batches by token budget, gradient accumulation,
      Optimizers.step (clip, warm-up, AdamW) -> weight sync to the rollout engine -> metrics row.
@@ -93,10 +94,14 @@ class Trainer:
         if r.mask_truncated:
             carries_gradient &= ~batch.truncated
         with self.timer.phase("logprobs"):
-            if self.on_policy(len(batch)):  # the update's own forward gives the old log-probs
-                old_logp, ref_logp, old_values = self.score_tokens(batch, carries_gradient, policy=False)
-            else:
-                old_logp, ref_logp, old_values = self.score_tokens(batch, carries_gradient)
+            # On-policy the update's own forward gives the old log-probs; --old-logprobs rollout takes
+            # the sampler's; otherwise the policy scores the batch before the update.
+            on_policy = self.on_policy(len(batch))
+            from_sampler = not on_policy and a.old_logprobs == "rollout"
+            old_logp, ref_logp, old_values = self.score_tokens(batch, carries_gradient,
+                                                               policy=not (on_policy or from_sampler))
+            if from_sampler:
+                old_logp = self.sampler_logprobs(batch)
         # kl/ref (old policy against the reference) needs the old log-probs; on-policy, the loss logs
         # its own KL term (kl_ref) instead.
         kl = (old_logp - ref_logp) * batch.response_mask if old_logp is not None and ref_logp is not None else None
@@ -212,6 +217,17 @@ class Trainer:
         kl_reads_old = models.reference is not None and a.kl_in_reward
         return (a.ppo_epochs == 1 and n_rows <= a.mini_batch_size and not kl_reads_old
                 and models.critic is None and a.loss_mode != "gspo" and a.is_correction == "none")
+
+    def sampler_logprobs(self, batch: SequenceBatch) -> torch.Tensor:
+        """--old-logprobs rollout: the rollout engine's log-prob of each response token is the old
+        policy's (the engine sampled with the weights the update starts from, at the same
+        temperature; both engines return log-probs before top-p/top-k). On the hf engine in float32
+        they match the trainer's forward to ~1e-9 in mismatch_kl (bench/RESULTS.md), so this skips
+        that forward, a quarter of a step on the tiny thinking preset, without changing the update."""
+        if batch.rollout_logprobs is None:
+            raise ValueError("--old-logprobs rollout: the rollout engine returned no log-probs; "
+                             "use --old-logprobs recompute")
+        return batch.rollout_logprobs * batch.response_mask
 
     @torch.no_grad()
     def score_tokens(self, batch: SequenceBatch, carries_gradient: torch.Tensor, policy: bool = True):
@@ -343,7 +359,9 @@ class Trainer:
         options = dict(clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip, kl_coef=kl_coef,
                        kl_type=a.kl_type, entropy_coef=a.entropy_coef, loss_mode=a.loss_mode,
                        is_correction=a.is_correction, is_level=a.is_level, is_cap=a.is_cap)
-        rollout = mb.rollout_logprobs  # the sampler's: mismatch KL always, IS correction when asked
+        # The sampler's log-probs: mismatch KL always, IS correction when asked; not when they are the
+        # old log-probs themselves (--old-logprobs rollout: the mismatch would read 0 by construction).
+        rollout = mb.rollout_logprobs if a.old_logprobs == "recompute" or old_logp is None else None
         if a.is_correction != "none" and rollout is None:
             raise ValueError(f"--is-correction {a.is_correction}: the rollout engine returned no log-probs")
         if a.fused_loss:
