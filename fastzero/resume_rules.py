@@ -6,7 +6,7 @@ would give a run that matches neither the old config nor the new one (a changed 
 would compare different held-out sets in the summary; a changed learning rate would make the
 saved optimizer state and the saved config disagree).
 
-May change: how long it runs (max steps, time limit), how often it evaluates and saves, what it
+May change: how long it runs (max steps, unless the learning rate decays over them; time limit), how often it evaluates and saves, what it
 logs and shows, the price used in the cost summary, CPU threads, the patience for bad steps, and
 the learning rates and gradient clip (what a run stopped by non-finite steps is told to lower).
 Evaluation is greedy and draws no random numbers, so its cadence does not change the training
@@ -32,13 +32,20 @@ def flag(name: str) -> str:
 
 def refused_changes(saved: dict[str, Any], given: dict[str, Any]) -> list[str]:
     """`--option (saved X, given Y)` for each given option that differs from the saved config and
-    may not change on resume. `saved` and `given` map flat option names to values."""
+    may not change on resume. `saved` and `given` map flat option names to values.
+
+    A decaying learning rate (--lr-schedule cosine/linear) ends at --max-steps, so there the run's
+    length shapes the steps already taken: a changed --max-steps is refused like any such option."""
     refused = []
+    decays = saved.get("lr_schedule", "constant") != "constant"
     for name, value in given.items():
-        if name in MAY_CHANGE or name in ("resume", "output_dir") or name not in saved:
+        if name in ("resume", "output_dir") or name not in saved:
+            continue
+        if name in MAY_CHANGE and not (decays and name == "max_steps"):
             continue
         if value != saved[name]:
-            refused.append(f"{flag(name)} (saved {saved[name]!r}, given {value!r})")
+            why = f"; --lr-schedule {saved['lr_schedule']} decays over it" if name == "max_steps" else ""
+            refused.append(f"{flag(name)} (saved {saved[name]!r}, given {value!r}{why})")
     return refused
 
 

@@ -296,7 +296,9 @@ class Trainer:
             skipped = totals.pop("skipped_rows") / n_rows
             if norm is not None:
                 totals["grad_norm"] = norm
-        return {"update/skipped_rows": skipped, **{key: value / max(1, updates) for key, value in totals.items()}}
+        lr = self.optimizers.policy.param_groups[0]["lr"]  # the schedule's rate at this step's last optimizer step
+        return {"update/skipped_rows": skipped, "lr": lr,
+                **{key: value / max(1, updates) for key, value in totals.items()}}
 
     def accumulate_gradients(self, batch: SequenceBatch, mini: torch.Tensor, trained: torch.Tensor, old_logp,
                              advantages, ref_logp, old_values, returns) -> dict[str, float]:

@@ -76,3 +76,26 @@ def test_a_run_plans_its_optimizer_steps_from_the_batch_split():
 def test_a_floor_outside_zero_to_one_is_refused():
     with pytest.raises(ValueError, match="--min-lr-ratio: must be in"):
         validate(config_from_args(["--min-lr-ratio", "1.5"]))
+
+
+def test_a_decaying_run_logs_its_rate_and_resumes_bit_identically_after_ctrl_c(tmp_path):
+    """SIGINT right after the first checkpoint, then --resume: the schedule continues from the
+    saved optimizer-step count, so weights and every metrics row (lr included) match a straight run."""
+    import signal
+
+    from tests._interrupt import TINY, Shot, assert_same_run, interrupted_run, reference_run
+
+    # A KL term gives every row a gradient, so no mini-batch is skipped and the run takes all 8
+    # planned optimizer steps (a skipped one would not advance the schedule).
+    args = TINY + ["--lr-schedule", "cosine", "--min-lr-ratio", "0.1", "--lr", "1e-3", "--kl-coef", "0.05"]
+    reference_run(tmp_path / "straight", args)
+    attempts = interrupted_run(tmp_path / "resumed", args, [[Shot(signal.SIGINT, "checkpoint", 0.0)]])
+    assert attempts[0].fired and len(attempts) == 2
+    assert_same_run(tmp_path / "straight", tmp_path / "resumed", "\n".join(a.describe() for a in attempts))
+    from tests._runs import rows
+
+    rates = [row["lr"] for row in rows(tmp_path / "straight") if "lr" in row]
+    # 4 steps x 2 mini-batches = 8 optimizer steps; each row shows its second one's rate.
+    cfg = OptimizerConfig(lr=1e-3, lr_schedule="cosine", min_lr_ratio=0.1)
+    assert rates == pytest.approx([1e-3 * lr_scale(cfg, 2 * step + 1, 8) for step in range(4)])
+    assert rates[-1] == pytest.approx(1e-4)

@@ -26,6 +26,13 @@ def test_every_refused_option_is_named_with_both_values():
     assert "\n" not in message
 
 
+def test_a_decaying_learning_rate_fixes_the_run_length():
+    decaying = {**SAVED, "lr_schedule": "cosine"}
+    with pytest.raises(ValueError, match=r"--max-steps \(saved 300, given 600; --lr-schedule cosine decays over it\)"):
+        check_resume(decaying, {"max_steps": 600}, resume_dir="runs/a")
+    check_resume(decaying, {"max_steps": 300, "time_limit_minutes": 30.0}, resume_dir="runs/a")  # same length: fine
+
+
 def test_resume_into_another_output_dir_is_refused():
     with pytest.raises(ValueError, match="--output-dir runs/b cannot move it"):
         check_resume(SAVED, {"output_dir": "runs/b"}, resume_dir="runs/a")
