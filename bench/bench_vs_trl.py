@@ -66,6 +66,10 @@ class Recipe:
     temperature: float
     kl_coef: float
     mini_batch: int  # sequences per optimizer step (TRL: per_device_train_batch_size x steps_per_generation)
+    # Where FastZero's PPO ratio takes its old log-probs once an update is off-policy: the think
+    # preset's "rollout" (the sampler's own). TRL's GRPOTrainer recomputes them with a forward on
+    # its transformers generation path (steps_per_generation > 1); that is its design, timed as is.
+    old_logprobs: str = "recompute"
 
 
 _THINK = PRESETS["tiny-think"]  # the default run's recipe, wherever the preset moves it
@@ -74,7 +78,8 @@ RECIPES = {
                      temperature=1.0, kl_coef=0.0, mini_batch=64 * SAMPLES),
     "think": Recipe(os.path.join(ASSETS, "tiny-countdown-think"), prompts=_THINK["prompts_per_step"],
                     new_tokens=_THINK["max_new_tokens"], lr=_THINK["lr"], temperature=_THINK["temperature"],
-                    kl_coef=_THINK["kl_coef"], mini_batch=_THINK["mini_batch_size"]),
+                    kl_coef=_THINK["kl_coef"], mini_batch=_THINK["mini_batch_size"],
+                    old_logprobs=_THINK["old_logprobs"]),
 }
 
 
@@ -117,7 +122,7 @@ def run_fastzero(files: dict[str, str], out: str, recipe: Recipe, *, steps: int,
                "--max-new-tokens", str(recipe.new_tokens), "--mini-batch-size", str(recipe.mini_batch),
                "--kl-coef", str(recipe.kl_coef), "--kl-in-reward", "false", "--loss-agg", "token-mean",
                "--grad-clip", str(GRAD_CLIP), "--clip-low", str(CLIP), "--clip-high", str(CLIP),
-               "--temperature", str(recipe.temperature),
+               "--temperature", str(recipe.temperature), "--old-logprobs", recipe.old_logprobs,
                "--time-limit-minutes", str(seconds / 60 if seconds else 0)]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]

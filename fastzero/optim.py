@@ -1,6 +1,7 @@
 """The optimizers of a run and everything around their step: AdamW for the policy and (PPO) the
 critic, fp32 master weights for low-precision models, the learning-rate schedule (linear warm-up,
-then constant or a cosine/linear decay), gradient clipping, the non-finite guard and zero-grad. The trainer only calls zero_grad() and step().
+then constant or a cosine/linear decay), gradient clipping, the non-finite guard and zero-grad.
+The trainer only calls zero_grad() and step().
 
 fp32 master weights. AdamW stepping bf16 weights directly loses every update below bf16's spacing
 (~1e-4 at a weight of 0.02, ~8e-3 at an RMSNorm weight of 1.0), so at the Qwen presets' lr 1e-6

@@ -6,9 +6,10 @@ would give a run that matches neither the old config nor the new one (a changed 
 would compare different held-out sets in the summary; a changed learning rate would make the
 saved optimizer state and the saved config disagree).
 
-May change: how long it runs (max steps, unless the learning rate decays over them; time limit), how often it evaluates and saves, what it
-logs and shows, the price used in the cost summary, CPU threads, the patience for bad steps, and
-the learning rates and gradient clip (what a run stopped by non-finite steps is told to lower).
+May change: how long it runs (max steps, unless the learning rate decays over them; time limit),
+how often it evaluates and saves, what it logs and shows, the price used in the cost summary, CPU
+threads, the patience for bad steps, and the learning rates and gradient clip (what a run stopped
+by non-finite steps is told to lower).
 Evaluation is greedy and draws no random numbers, so its cadence does not change the training
 trajectory; threads can change float summation order, so bit-identity with an uninterrupted run
 holds only with the same --threads.
