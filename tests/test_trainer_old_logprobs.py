@@ -104,6 +104,7 @@ def test_a_mismatch_correction_against_itself_is_refused(tmp_path):
         validate(config_from_args(TWO_STEPS + ["--old-logprobs", "rollout", "--is-correction", "tis"]))
 
 
-def test_the_thinking_preset_takes_the_sampler_log_probs():
+def test_the_thinking_preset_takes_the_sampler_log_probs_and_decays_its_rate():
     assert config_from_args([]).algorithm.old_logprobs == "rollout"
+    assert config_from_args([]).optimizer.lr_schedule == "cosine"
     assert config_from_args(["--preset", "tiny-direct"]).algorithm.old_logprobs == "recompute"
