@@ -30,9 +30,20 @@ SIGNATURE = ("response/length", "think/equations", "think/search_success", "thin
              "think/arithmetic_right")
 
 
+def arm_max_steps(name: str, given: int | None) -> int:
+    """The step cap of an arm: the one given, else its preset's when the preset decays its learning
+    rate over its steps (the decay's length is part of the recipe), else a cap the time limit beats."""
+    if given is not None:
+        return given
+    from fastzero.config import PRESETS
+
+    preset = PRESETS[ARMS[name][1]]
+    return preset["max_steps"] if preset.get("lr_schedule", "constant") != "constant" else 100000
+
+
 def run_arm(name: str, args: argparse.Namespace, out_dir: str) -> dict:
     command = [sys.executable, "-m", "fastzero.train", *ARMS[name], "--time-limit-minutes", str(args.minutes),
-               "--max-steps", str(args.max_steps), "--eval-every", str(args.eval_every), "--threads", str(args.threads),
+               "--max-steps", str(arm_max_steps(name, args.max_steps)), "--eval-every", str(args.eval_every), "--threads", str(args.threads),
                "--seed", str(args.seed), "--save-every", "0", "--progress", "false", "--output-dir", out_dir]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
     return read_arm(name, out_dir)
@@ -85,7 +96,9 @@ def print_curve(result: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="RL time limit per arm")
-    parser.add_argument("--max-steps", type=int, default=100000, help="step cap per arm (the time limit binds first)")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="step cap per arm (default: the preset's when its learning rate decays over it, "
+                             "else none: the time limit binds)")
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
