@@ -43,7 +43,8 @@ def arm_max_steps(name: str, given: int | None) -> int:
 
 def run_arm(name: str, args: argparse.Namespace, out_dir: str) -> dict:
     command = [sys.executable, "-m", "fastzero.train", *ARMS[name], "--time-limit-minutes", str(args.minutes),
-               "--max-steps", str(arm_max_steps(name, args.max_steps)), "--eval-every", str(args.eval_every), "--threads", str(args.threads),
+               "--max-steps", str(arm_max_steps(name, args.max_steps)), "--eval-every", str(args.eval_every),
+               "--threads", str(args.threads),
                "--seed", str(args.seed), "--save-every", "0", "--progress", "false", "--output-dir", out_dir]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
     return read_arm(name, out_dir)
