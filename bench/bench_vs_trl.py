@@ -10,7 +10,9 @@ same recipe, one of two (--model):
 - think (fastzero/assets/tiny-countdown-think, the tiny-think preset = the default run's recipe):
   32 prompts x 8 samples, 72 new tokens, temperature 0.7, its lr constant, k3 KL to the base in the
   loss with coefficient 0.05 (TRL beta = the same, the same estimator), which the think block needs
-  (bench/RESULTS.md).
+  (bench/RESULTS.md). The preset's cosine decay is left out on both sides: it spans the preset's 120
+  steps, and each side's legs stop at a step count or a time budget instead, at different points
+  of such a schedule.
 Both: the step's batch cut into optimizer steps of the recipe's mini-batch (direct: all 512, one
 step; think: the preset's --mini-batch-size), each a token mean over its tokens (TRL
 loss_type="dapo" with steps_per_generation = batch / mini-batch divides by the generation batch's
@@ -118,6 +120,7 @@ def run_fastzero(files: dict[str, str], out: str, recipe: Recipe, *, steps: int,
                "--train-path", files["train"], "--test-path", files["test"], "--max-steps", str(steps),
                "--eval-every", "0", "--save-every", "0",
                "--threads", str(threads), "--progress", "false", "--seed", "0", "--lr", str(recipe.lr),
+               "--lr-schedule", "constant",
                "--prompts-per-step", str(recipe.prompts), "--samples-per-prompt", str(SAMPLES),
                "--max-new-tokens", str(recipe.new_tokens), "--mini-batch-size", str(recipe.mini_batch),
                "--kl-coef", str(recipe.kl_coef), "--kl-in-reward", "false", "--loss-agg", "token-mean",
