@@ -35,7 +35,8 @@ import time
 
 import torch
 
-from fastzero.config import from_preset, validate
+from fastzero.config import validate
+from fastzero.presets import from_preset
 from fastzero.kernels.reference import group_advantages as ref_group_advantages
 from fastzero.kernels.reference import policy_loss as ref_policy_loss
 from fastzero.run import Run

@@ -35,7 +35,7 @@ def arm_max_steps(name: str, given: int | None) -> int:
     rate over its steps (the decay's length is part of the recipe), else a cap the time limit beats."""
     if given is not None:
         return given
-    from fastzero.config import PRESETS
+    from fastzero.presets import PRESETS
 
     preset = PRESETS[ARMS[name][1]]
     return preset["max_steps"] if preset.get("lr_schedule", "constant") != "constant" else 100000

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fastzero.config import PRESETS
+from fastzero.presets import PRESETS
 from fastzero.rollout.base import SamplingParams
 from fastzero.rollout.hf import HFEngine
 from fastzero.tasks.countdown.problems import generate_problems, save_problems

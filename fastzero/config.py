@@ -1,4 +1,5 @@
-"""The one config definition: dataclasses (with help text and defaults), named presets, validation.
+"""The one config definition: dataclasses (with help text and defaults), config files, validation.
+The named presets over it are fastzero/presets.py.
 
 A run's config is built in layers: the dataclass defaults (which are the `tiny-direct` preset),
 then a named preset (`tiny-cpu` when none is given), then a `--config FILE` (JSON or TOML, flat or
@@ -298,81 +299,6 @@ def coerce(f: dataclasses.Field, value: Any) -> Any:
 
 
 RECORDED_FACTS = ("world_size",)  # what a run's config.json records beside the options
-
-# ---- presets -------------------------------------------------------------------------------------
-
-_TINYZERO_PPO = dict(  # TinyZero's published recipe (PPO with a critic)
-    algorithm="ppo", gamma=1.0, lam=1.0, lr=1e-6, critic_lr=1e-5, prompts_per_step=256,
-    samples_per_prompt=1, mini_batch_size=64, max_new_tokens=1024, max_prompt_tokens=256,
-    kl_coef=0.001, kl_in_reward=True, entropy_coef=0.001, temperature=1.0, ppo_epochs=1,
-    template="base", min_numbers=3, max_numbers=4, min_value=1, max_value=99, min_target=1,
-    max_target=99, num_train=327680, num_test=1024, model_path="", max_steps=300,
-    eval_every=50, save_every=50, micro_batch_tokens=32768, gen_batch_size=1024,
-    warmup_steps=0, grad_clip=1.0, loss_agg="token-mean", time_limit_minutes=0.0, data_seed=1234,
-)
-_GRPO_VARIANT = dict(  # the same task with GRPO: groups instead of a critic, KL in the loss
-    algorithm="grpo", samples_per_prompt=8, prompts_per_step=64, mini_batch_size=128,
-    kl_in_reward=False, kl_coef=0.001, entropy_coef=0.0,
-)
-
-# DAPO (Yu et al. 2025, arXiv:2503.14476, section 4 and veRL's recipe/dapo): clip-higher 0.2/0.28,
-# no KL term, token-level loss, 16 samples per prompt, 16 gradient updates per rollout step, lr 1e-6
-# with 10 warm-up steps, dynamic sampling (veRL's max_num_gen_batches = 10 rounds), the soft
-# overlong penalty over the last 20% of the length cap (4096 of 20480) with factor 1.0. The prompt
-# count is the -grpo variant's (the paper's 512 prompts are for a 32B model on 17k-token answers).
-_DAPO_VARIANT = dict(
-    algorithm="grpo", samples_per_prompt=16, prompts_per_step=64, mini_batch_size=64, clip_low=0.2,
-    clip_high=0.28, kl_coef=0.0, kl_in_reward=False, entropy_coef=0.0, loss_agg="token-mean", lr=1e-6,
-    warmup_steps=10, dynamic_sampling=True, max_sampling_rounds=10, overlong_buffer=205, overlong_penalty=1.0,
-)
-# GSPO (Zheng et al. 2025, arXiv:2507.18071, section 5.1): sequence-level ratio clipped at
-# 3e-4 / 4e-4, no KL term, each rollout batch split into 4 mini-batches; sequence-mean loss.
-_GSPO_VARIANT = dict(
-    algorithm="grpo", loss_mode="gspo", samples_per_prompt=8, prompts_per_step=64, mini_batch_size=128,
-    clip_low=3e-4, clip_high=4e-4, kl_coef=0.0, kl_in_reward=False, entropy_coef=0.0,
-    loss_agg="seq-mean-token-mean",
-)
-_TINY_THINK = dict(  # the embedded thinking model: <think> candidates, then <answer> (fastzero/tiny/thinking.py)
-    # 72 tokens: three candidate lines and the answer (traces v4). KL keeps the think block (without
-    # it, RL wrecks the arithmetic and answers past it; at 0.02 the v4d model collapsed to one line);
-    # 32 prompts a step for more steps per minute; lr 3e-4 learns "stop at the check's 0" by step
-    # 60-80 on the v4d asset, where 2e-4 took ~110; two optimizer steps of 128 per rollout batch
-    # flip it by step 60 in every run so far (lr 4e-4 did not), at 15% more time a step on 2
-    # threads for the old log-probs' forward, which the sampler's own log-probs replace (the hf
-    # engine in float32 samples from exactly the trainer's policy: mismatch_kl ~1e-9), so the
-    # second step is nearly free; a cosine decay to 0.1 x lr over the 120 steps keeps the end
-    # from swinging (constant lr: 57.2% at step 100, 50.6% at 112; cosine: 58.4%, 58.8%;
-    # bench/RESULTS.md, traces v4d).
-    model_path=THINKING_MODEL, max_new_tokens=72, lr=3e-4, temperature=0.7, kl_coef=0.05,
-    prompts_per_step=32, mini_batch_size=128, old_logprobs="rollout", lr_schedule="cosine", min_lr_ratio=0.1,
-    max_steps=120, eval_every=20,  # the default run: ~8 RL minutes on a quiet 2-core CPU, 7 evaluations
-)
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny-cpu": {**_TINY_THINK},  # the default run: the embedded thinking model
-    "tiny-think": {**_TINY_THINK},  # the same, by what it runs
-    "tiny-direct": {},  # the dataclass defaults: the embedded direct-answer model
-    "qwen2.5-0.5b": {**_TINYZERO_PPO},
-    "qwen2.5-1.5b": {**_TINYZERO_PPO},
-    "qwen2.5-3b": {**_TINYZERO_PPO},
-}
-# 7B as veRL's and TinyZero's scripts scale the 3B recipe: the same algorithm and global batch, the
-# model sharded over the ranks (torchrun + FSDP2), activations recomputed, smaller micro-batches.
-PRESETS["qwen2.5-7b"] = {**_TINYZERO_PPO, "gradient_checkpointing": True, "micro_batch_tokens": 16384}
-for _name in ("qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b", "qwen2.5-7b"):
-    PRESETS[_name + "-grpo"] = {**PRESETS[_name], **_GRPO_VARIANT}
-    PRESETS[_name + "-dapo"] = {**PRESETS[_name], **_DAPO_VARIANT}
-    PRESETS[_name + "-gspo"] = {**PRESETS[_name], **_GSPO_VARIANT}
-
-
-def from_preset(name: str) -> Config:
-    if name not in PRESETS:
-        raise ValueError(f"--preset: unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    config = Config()
-    for key, value in PRESETS[name].items():
-        config.set(key, value)
-    return config
-
 
 def read_config_file(path: str) -> dict[str, Any]:
     """The options of a JSON or TOML file as one flat dict (sections folded in), every problem one

@@ -34,11 +34,12 @@ _SECTION_TITLES = {"model": "model", "data": "data", "rollout": "rollout", "algo
 
 def build_parser() -> argparse.ArgumentParser:
     from . import config as C
+    from .presets import PRESETS
 
     parser = argparse.ArgumentParser(
         prog="python -m fastzero.train", description=__doc__.split("\n\n")[1].strip(),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--preset", default=None, help=f"named recipe: {', '.join(C.PRESETS)} (default: {DEFAULT_PRESET})")
+    parser.add_argument("--preset", default=None, help=f"named recipe: {', '.join(PRESETS)} (default: {DEFAULT_PRESET})")
     parser.add_argument("--config", default=None, help="JSON or TOML file of options (flat or by section)")
     defaults = C.Config()
     for section, cls in C.SECTIONS.items():
@@ -57,6 +58,7 @@ def config_from_args(argv: list[str] | None) -> Config:
     """Preset, then config file, then flags; or, with --resume, the run's saved config, then the
     config file and flags, of which only the options that may change on resume may differ."""
     from . import config as C
+    from .presets import from_preset
 
     args = vars(build_parser().parse_args(argv))
     preset, config_file = args.pop("preset"), args.pop("config")
@@ -76,7 +78,7 @@ def config_from_args(argv: list[str] | None) -> Config:
             raise ValueError(f"--resume {resume}: its saved {CONFIG_NAME} is damaged ({err})") from None
         saved = {name: config.get(name) for name in C.FIELDS}
     else:
-        config = C.from_preset(preset or DEFAULT_PRESET)
+        config = from_preset(preset or DEFAULT_PRESET)
     given = {}
     for source, options in ((f"--config {config_file}: ", file_options), ("", args)):
         for name, value in options.items():

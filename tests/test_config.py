@@ -6,12 +6,13 @@ import json
 import pytest
 
 from fastzero import config as C
+from fastzero.presets import PRESETS, from_preset
 from fastzero.train import build_parser, config_from_args, main
 
 
 def test_every_preset_validates_once_given_a_model():
-    for name in C.PRESETS:
-        cfg = C.from_preset(name)
+    for name in PRESETS:
+        cfg = from_preset(name)
         if cfg.model.model_path == "":
             with pytest.raises(ValueError, match="--model-path"):
                 C.validate(cfg)
@@ -20,12 +21,12 @@ def test_every_preset_validates_once_given_a_model():
 
 
 def test_tinyzero_recipe_in_qwen_presets():
-    cfg = C.from_preset("qwen2.5-3b")
+    cfg = from_preset("qwen2.5-3b")
     assert cfg.algorithm.estimator == "ppo" and cfg.algorithm.gamma == 1.0 and cfg.algorithm.lam == 1.0
     assert cfg.optimizer.lr == 1e-6 and cfg.optimizer.critic_lr == 1e-5
     assert cfg.rollout.prompts_per_step == 256 and cfg.rollout.max_new_tokens == 1024
     assert cfg.algorithm.kl_coef == 0.001 and cfg.algorithm.entropy_coef == 0.001
-    grpo = C.from_preset("qwen2.5-3b-grpo")
+    grpo = from_preset("qwen2.5-3b-grpo")
     assert grpo.algorithm.estimator == "grpo" and grpo.rollout.samples_per_prompt >= 2
 
 

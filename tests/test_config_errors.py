@@ -11,6 +11,7 @@ import re
 import pytest
 
 from fastzero import config as C
+from fastzero.presets import from_preset
 from fastzero.train import main
 
 FLOAT_OPTIONS = [name for name, (_, f) in C.FIELDS.items() if C.field_type(f) is float]
@@ -101,7 +102,7 @@ def _saved_run(tmp_path, checkpoint: bool = True) -> str:
     """A run directory: its config.json and (the options check only looks for it) a checkpoint."""
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.json").write_text(json.dumps(C.from_preset("tiny-direct").to_dict()))
+    (run / "config.json").write_text(json.dumps(from_preset("tiny-direct").to_dict()))
     if checkpoint:
         (run / "checkpoints" / "step-000001").mkdir(parents=True)
     return str(run)

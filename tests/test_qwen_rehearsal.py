@@ -14,7 +14,7 @@ import os
 import pytest
 import torch
 
-from fastzero.config import PRESETS
+from fastzero.presets import PRESETS
 from fastzero.rollout.hf import HFEngine
 from fastzero.train import main
 

@@ -64,13 +64,14 @@ def options(estimator: str, output_dir: str, **extra) -> dict:
 def train(opts: dict, *, resume: bool = False, stop_after: int | None = None) -> dict:
     """One run (on whatever ranks this process is part of); returns rank 0's rows and weights."""
     from fastzero import config as C
+    from fastzero.presets import from_preset
     from fastzero.loop import train_loop
     from fastzero.report import finish_run
     from fastzero.resume import save_run
     from fastzero.run import Run
     from fastzero.sharding import full_state_dict
 
-    config = C.from_preset("tiny-direct")
+    config = from_preset("tiny-direct")
     for key, value in opts.items():
         config.set(key, value)
     if stop_after is not None:

@@ -86,6 +86,7 @@ def rank_train(tp: int, output_dir: str) -> dict:
     import fastzero.rollout as rollout
     import fastzero.rollout.sglang as sglang_adapter
     from fastzero import config as C
+    from fastzero.presets import from_preset
     from fastzero.distributed import shutdown
     from fastzero.loop import train_loop
     from fastzero.report import finish_run
@@ -94,7 +95,7 @@ def rank_train(tp: int, output_dir: str) -> dict:
 
     rollout.sglang_available = lambda: True  # CPU ranks; the engine is the stand-in above
     sglang_adapter._sglang_engine_class = lambda: ModelBackedEngine
-    config = C.from_preset("tiny-direct")
+    config = from_preset("tiny-direct")
     for key, value in dict(rollout="sglang", sglang_tp=tp, sync_bucket_mb=1, prompts_per_step=4,
                            samples_per_prompt=4, mini_batch_size=8, micro_batch_tokens=96, max_new_tokens=8,
                            num_test=6, num_train=100, eval_every=1, save_every=1, max_steps=2,
