@@ -8,7 +8,11 @@ any periodic save); the loop then raises `StopRequested` at the top of the next 
 state is exactly that of a completed step and may be saved. A second signal during a step stops at
 once with `StepAborted`: that step is discarded and nothing is saved (the last checkpoint stands).
 Outside a step (start-up, the first evaluation, the final save) a signal raises KeyboardInterrupt
-at once: there is either nothing new to save or only a consistent state.
+at once: there is either nothing new to save or only a consistent state. Except inside an import:
+torch's C++ (and pybind11 modules) import Python modules lazily, and a KeyboardInterrupt raised in
+one crosses C++ that cannot unwind it, so the process aborts (SIGABRT, seen in the random-interrupt
+test at start-up) instead of exiting cleanly. There the signal is sent again `IMPORT_RETRY_S` later,
+until it lands outside the import.
 
 Both signals are treated alike (exit status 130 either way): SIGTERM is what schedulers and
 `timeout` send, and it deserves the same clean stop as Ctrl-C.
@@ -25,14 +29,17 @@ after forwarding a signal: raise it above a step plus a checkpoint for the stop 
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 EXIT_CODE = 130
+IMPORT_RETRY_S = 0.05  # imports take milliseconds: ask again this soon
 
 
 class StopRequested(KeyboardInterrupt):
@@ -41,6 +48,15 @@ class StopRequested(KeyboardInterrupt):
 
 class StepAborted(KeyboardInterrupt):
     """Raised by a second signal during a step: the step is incomplete and must not be saved."""
+
+
+def inside_import(frame) -> bool:
+    """Whether the main thread was interrupted while importing a module (see the module docstring)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _stderr(message: str) -> None:
@@ -78,6 +94,11 @@ class Interrupts:
     def _handle(self, signum: int, frame) -> None:
         name = signal.Signals(signum).name
         if not self._in_step:
+            if inside_import(frame):
+                retry = threading.Timer(IMPORT_RETRY_S, os.kill, (os.getpid(), signum))
+                retry.daemon = True  # never holds the process open
+                retry.start()
+                return
             raise KeyboardInterrupt(name)
         if self.pending is None:
             self.pending, self._pending_since = signum, time.monotonic()

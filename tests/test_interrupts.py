@@ -3,6 +3,8 @@ and outside a step a signal stops at once. Real signals, sent to this process.""
 from __future__ import annotations
 
 import signal
+import sys
+import time
 
 import pytest
 
@@ -75,6 +77,29 @@ def test_outside_a_step_a_signal_stops_at_once(interrupts):
             signal.raise_signal(signum)
         assert type(info.value) is KeyboardInterrupt
     handler.check()  # nothing pending: no stop between steps
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_outside_a_step_a_signal_inside_an_import_waits_for_the_import(interrupts, signum, tmp_path,
+                                                                        monkeypatch):
+    # torch's C++ imports Python lazily; a KeyboardInterrupt raised inside such an import aborted the
+    # process (SIGABRT). The signal is asked again after the import, then stops as usual.
+    (tmp_path / "slow_to_import.py").write_text(
+        "import signal, time\n"
+        f"signal.raise_signal({int(signum)})\n"
+        "time.sleep(0.2)  # the retry fires in here and must wait too\n"
+        "finished = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "slow_to_import", raising=False)
+    import slow_to_import  # the signal lands inside this import: no exception out of it
+
+    assert slow_to_import.finished
+    with pytest.raises(KeyboardInterrupt) as info:  # the retry lands here, outside the import
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert type(info.value) is KeyboardInterrupt
+    interrupts[0].check()  # nothing pending
 
 
 def test_both_exceptions_are_keyboard_interrupts():
