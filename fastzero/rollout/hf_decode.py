@@ -19,8 +19,8 @@ what did not pay in bench/RESULTS.md, "Rollouts"):
   the cat saved; compiling was slow and its step no faster), so the CPU default keeps a DynamicCache.
 
 Determinism: sampling draws one exponential per (row, vocabulary entry) for EVERY row of the
-micro-batch at every step, alive or not, and picks argmax(probs / noise), which is exactly what
-torch.multinomial(probs, 1) computes. So a row's token depends only on the generator state and
+micro-batch at every step, alive or not (as -log(U), U uniform: exponential_noise), and picks
+argmax(probs / noise), torch.multinomial(probs, 1)'s own formula. So a row's token depends only on the generator state and
 its own logits: compaction, the stop-check cadence and static or dynamic buffers never change a
 token. (The engine before these changes drew noise only for the rows still in the batch, so after
 the first compaction its stream differed; seeded runs and resumes are bit-identical either way,
@@ -87,6 +87,69 @@ class BufferLayer(DynamicLayer):
 
     def get_seq_length(self) -> int:
         return self.length
+
+
+def exponential_noise(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
+                      generator: torch.Generator | None) -> torch.Tensor:
+    """Exp(1) draws as -log(U), U ~ Uniform[0, 1) (inverse transform; U = 0 gives +inf, a token
+    that cannot win). On CPU torch's exponential_ draws element by element on one thread: 1.8 ms for
+    the tiny thinking preset's [256, 418] per token, 25% of its rollout; uniform_ and a vectorized
+    log take 0.3 ms for the same draws (bench/RESULTS.md, "Rollouts"). Half-precision logits get
+    float32 noise: a small draw would round to 0 in float16 (probs / 0: inf or NaN)."""
+    noise_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    uniform = torch.empty(shape, dtype=noise_dtype, device=device)
+    return uniform.uniform_(generator=generator).log_().neg_()
+
+
+class GrowingLayer(DynamicLayer):
+    """Dynamic mode's keys/values for one layer: [rows, heads, capacity, head_dim] buffers
+    allocated once per micro-batch; each token is written in place at the next column and
+    attention reads the view of the columns written so far. A DynamicLayer's torch.cat per token
+    instead copies the whole cache every token (42% of the tiny thinking preset's rollout on CPU:
+    bench/RESULTS.md, "Rollouts")."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, *, length: int) -> None:
+        super().__init__()
+        self.key_buffer, self.value_buffer, self.length = keys, values, length
+        self.is_initialized, self.device, self.dtype = True, keys.device, keys.dtype
+        self._expose()
+
+    def _expose(self) -> None:
+        self.keys = self.key_buffer[:, :, :self.length]
+        self.values = self.value_buffer[:, :, :self.length]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+        end = self.length + key_states.shape[-2]
+        if end > self.key_buffer.shape[2]:
+            raise RuntimeError(f"KV buffer full: {end} columns needed, {self.key_buffer.shape[2]} allocated")
+        self.key_buffer[:, :, self.length:end] = key_states
+        self.value_buffer[:, :, self.length:end] = value_states
+        self.length = end
+        self._expose()
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.key_buffer = self.key_buffer.index_select(0, indices)
+        self.value_buffer = self.value_buffer.index_select(0, indices)
+        self._expose()
+
+
+def growing_cache(prefilled: DynamicCache, expand: torch.Tensor, capacity: int) -> Cache:
+    """A Cache of GrowingLayers with room for `capacity` columns, holding `prefilled`'s keys/values
+    copied to rows `expand` (the shared-prefix expansion: row r gets prompt expand[r])."""
+    layers = []
+    for layer in prefilled.layers:
+        width = layer.keys.shape[-2]
+        buffers = []
+        for states in (layer.keys, layer.values):
+            buffer = states.new_empty((expand.numel(), states.shape[1], capacity, states.shape[3]))
+            buffer[:, :, :width] = states.index_select(0, expand)
+            buffers.append(buffer)
+        layers.append(GrowingLayer(*buffers, length=width))
+    return Cache(layers=layers)
 
 
 def kv_buffer_cache(prefilled: DynamicCache, expand: torch.Tensor, capacity: int, pool: dict) -> Cache:
@@ -177,9 +240,9 @@ def decode(forward: Forward, static_step: Forward | None, prompts: list[list[int
     if options.static:
         cache = kv_buffer_cache(prefill, expand, capacity, pool if pool is not None else {})
         del prefill
-    else:  # a DynamicCache: its torch.cat per token keeps keys contiguous, which CPU attention prefers
-        prefill.batch_select_indices(expand)
-        cache = prefill
+    else:
+        cache = growing_cache(prefill, expand, capacity)
+        del prefill
 
     batch = expand.numel()
     tokens_out = torch.zeros((batch, steps), dtype=torch.long, device=device)
@@ -192,8 +255,7 @@ def decode(forward: Forward, static_step: Forward | None, prompts: list[list[int
     for step in range(steps):
         noise = None
         if not params.greedy:  # every row of the micro-batch, alive or not: see the module docstring
-            noise = torch.empty((batch, logits.shape[-1]), dtype=logits.dtype, device=device)
-            noise.exponential_(generator=generator)
+            noise = exponential_noise((batch, logits.shape[-1]), logits.dtype, device, generator)
             noise = noise if rows is None else noise.index_select(0, rows)
         tokens, logprobs = sample_next(logits, params, noise)
         hit = torch.isin(tokens, stop_ids) & ~done

@@ -27,8 +27,9 @@ STRATEGIES = [
 
 def sampling_oracle(model, prompts, params, seed):
     """Cache-free seeded sampling: every step one unpadded full forward per row, then one Exp(1)
-    draw per (row, vocabulary entry) for ALL rows in order, token = argmax(probs / noise) (what
-    torch.multinomial computes). No cache, padding, compaction or batching of the model."""
+    draw per (row, vocabulary entry) for ALL rows in order, as -log(U) of a Uniform[0, 1) draw,
+    token = argmax(probs / noise) (torch.multinomial's formula). No cache, padding, compaction or
+    batching of the model."""
     generator = torch.Generator().manual_seed(seed)
     rows = [list(p) for p in prompts for _ in range(params.n)]
     responses = [[] for _ in rows]
@@ -37,7 +38,7 @@ def sampling_oracle(model, prompts, params, seed):
     for _ in range(params.max_new_tokens):
         logits = torch.stack([_last_logits(model, r + resp) for r, resp in zip(rows, responses)])
         probs = torch.softmax(logits / params.temperature, -1)
-        noise = torch.empty_like(probs).exponential_(generator=generator)
+        noise = -torch.empty_like(probs).uniform_(generator=generator).log()
         tokens = (probs / noise).argmax(-1).tolist()
         for i, token in enumerate(tokens):
             if not done[i]:
