@@ -5,12 +5,15 @@
   group prefilled on its own), kept below as `BeforeEngine` so the comparison stays runnable;
 - after: fastzero.rollout.hf.HFEngine (hf_decode.py: shared-prefix prefill, preallocated KV
   buffers, our own 4D mask), and its variants, to show what each part buys.
-Both sample the same way (argmax(probs / Exp(1) noise), torch.multinomial's formula), so with no
-compaction they draw the same tokens from the same seed; the bench checks that and prints the share.
+Both sample the same way (argmax(probs / Exp(1) noise), torch.multinomial's formula, the noise drawn
+by the engine's exponential_noise), so with no compaction they draw the same tokens from the same
+seed; the bench checks that and prints the share. (The engine's switch from torch's exponential_
+to -log(uniform) noise is therefore in neither column: bench/RESULTS.md, "Rollouts", measures it.)
 
-Settings: the embedded tiny model's prompts (64 prompts x 8 samples, 14 new tokens, its own EOS: the
-tiny-direct preset's rollout) and a longer-response one (EOS off, 48 new tokens: every row decodes
-48 tokens). Back-to-back pairs (before, after, before, after, ...) so load drifts hit both alike;
+Settings: the embedded direct model's prompts (64 prompts x 8 samples, 14 new tokens, its own EOS: the
+tiny-direct preset's rollout), a longer-response one (EOS off, 48 new tokens: every row decodes
+48 tokens), and the embedded thinking model's rollout (32 prompts x 8 samples, 72 new tokens,
+temperature 0.7, its EOS: the default run's). Back-to-back pairs (before, after, before, after, ...) so load drifts hit both alike;
 the ratio is the median of the pairs' ratios.
 
     python bench/bench_rollout.py [--pairs 5] [--threads 1]
@@ -29,11 +32,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from fastzero.rollout.base import Completion, SamplingParams
 from fastzero.rollout.hf import HFEngine
-from fastzero.rollout.hf_decode import sample_next
+from fastzero.rollout.hf_decode import exponential_noise, sample_next
 from fastzero.tasks.countdown.problems import generate_problems
 from fastzero.tasks.countdown.prompts import render_prompt
 
 MODEL_DIR = "fastzero/assets/tiny-countdown"
+THINK_DIR = "fastzero/assets/tiny-countdown-think"
 
 
 class BeforeEngine(HFEngine):
@@ -63,8 +67,8 @@ class BeforeEngine(HFEngine):
         rows = torch.arange(batch, device=device)
         done = torch.zeros(batch, dtype=torch.bool, device=device)
         for step in range(steps):
-            noise = None if params.greedy else torch.empty_like(logits).exponential_(generator=generator)
-            tokens, logprobs = sample_next(logits, params, noise)  # = torch.multinomial, as before
+            noise = None if params.greedy else exponential_noise(tuple(logits.shape), logits.dtype, device, generator)
+            tokens, logprobs = sample_next(logits, params, noise)  # = torch.multinomial's formula, as before
             live = rows[~done]
             tokens_out[live, step] = tokens[~done]
             logprobs_out[live, step] = logprobs[~done]
@@ -119,24 +123,29 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = AutoModelForCausalLM.from_pretrained(MODEL_DIR).eval()
+    direct = AutoModelForCausalLM.from_pretrained(MODEL_DIR).eval()
+    think = AutoModelForCausalLM.from_pretrained(THINK_DIR).eval()
     tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)
+    think_tokenizer = AutoTokenizer.from_pretrained(THINK_DIR)
     prompts = prompts_of(tokenizer, args.prompts, seed=3)
-    eos = (int(model.config.eos_token_id),)
-    settings = {
-        "tiny preset (14 new, EOS)": (eos, SamplingParams(max_new_tokens=14, n=args.samples)),
-        "long (48 new, no EOS)": ((), SamplingParams(max_new_tokens=48, n=args.samples)),
+    eos = (int(direct.config.eos_token_id),)
+    settings = {  # name: (model, prompts, stop ids, params)
+        "tiny preset (14 new, EOS)": (direct, prompts, eos, SamplingParams(max_new_tokens=14, n=args.samples)),
+        "long (48 new, no EOS)": (direct, prompts, (), SamplingParams(max_new_tokens=48, n=args.samples)),
+        "think preset (72 new, EOS)": (think, prompts_of(think_tokenizer, args.prompts // 2, seed=3),
+                                       (int(think.config.eos_token_id),),
+                                       SamplingParams(max_new_tokens=72, n=args.samples, temperature=0.7)),
     }
     variants = {
         "after": {},
         "after, no shared prefix": dict(share_prefix=False),
         "after, static buffers": dict(decode_mode="static", compile_step=False),
     }
-    print(f"rollout throughput, embedded tiny model, {args.prompts} prompts x {args.samples} samples, "
+    print(f"rollout throughput, embedded tiny models, {args.prompts} prompts (think: half) x {args.samples} samples, "
           f"{args.threads} thread(s), {platform.machine()}, {args.pairs} back-to-back pairs, median")
     print(f"{'setting':<28}{'candidate':<26}{'before tok/s':>13}{'cand tok/s':>12}{'ratio':>8}{'same tokens':>13}")
     rows = []
-    for setting, (stop, params) in settings.items():
+    for setting, (model, prompts, stop, params) in settings.items():
         before = BeforeEngine(model, eos_token_ids=stop, compact_fraction=0.5)
         for name, options in variants.items():
             after = HFEngine(model, eos_token_ids=stop, **options)
@@ -157,7 +166,7 @@ def main() -> None:
             rows.append(row)
             print(f"{setting:<28}{name:<26}{row['before_tok_s']:>13}{row['after_tok_s']:>12}{row['ratio']:>8.2f}"
                   f"{same:>13.1%}")
-    print(json.dumps({"bench": "rollout", "model": MODEL_DIR, "threads": args.threads, "pairs": args.pairs,
+    print(json.dumps({"bench": "rollout", "models": [MODEL_DIR, THINK_DIR], "threads": args.threads, "pairs": args.pairs,
                       "rows": rows}))
 
 

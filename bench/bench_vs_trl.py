@@ -68,6 +68,9 @@ class Recipe:
     temperature: float
     kl_coef: float
     mini_batch: int  # sequences per optimizer step (TRL: per_device_train_batch_size x steps_per_generation)
+    # FastZero's forward/backward chunk (padded tokens; the same update, only its speed changes).
+    # TRL gets no equivalent: its per_device_train_batch_size is the optimizer step's batch here.
+    micro_batch_tokens: int = 16384
     # Where FastZero's PPO ratio takes its old log-probs once an update is off-policy: the think
     # preset's "rollout" (the sampler's own). TRL's GRPOTrainer recomputes them with a forward on
     # its transformers generation path (steps_per_generation > 1); that is its design, timed as is.
@@ -81,6 +84,7 @@ RECIPES = {
     "think": Recipe(os.path.join(ASSETS, "tiny-countdown-think"), prompts=_THINK["prompts_per_step"],
                     new_tokens=_THINK["max_new_tokens"], lr=_THINK["lr"], temperature=_THINK["temperature"],
                     kl_coef=_THINK["kl_coef"], mini_batch=_THINK["mini_batch_size"],
+                    micro_batch_tokens=_THINK["micro_batch_tokens"],
                     old_logprobs=_THINK["old_logprobs"]),
 }
 
@@ -123,6 +127,7 @@ def run_fastzero(files: dict[str, str], out: str, recipe: Recipe, *, steps: int,
                "--lr-schedule", "constant",
                "--prompts-per-step", str(recipe.prompts), "--samples-per-prompt", str(SAMPLES),
                "--max-new-tokens", str(recipe.new_tokens), "--mini-batch-size", str(recipe.mini_batch),
+               "--micro-batch-tokens", str(recipe.micro_batch_tokens),
                "--kl-coef", str(recipe.kl_coef), "--kl-in-reward", "false", "--loss-agg", "token-mean",
                "--grad-clip", str(GRAD_CLIP), "--clip-low", str(CLIP), "--clip-high", str(CLIP),
                "--temperature", str(recipe.temperature), "--old-logprobs", recipe.old_logprobs,
