@@ -12,7 +12,7 @@ own (a torch.Generator whose state the trainer checkpoints for bit-identical res
 This file: the protocol (validation, micro-batches of at most `max_batch_size` rows, each prompt's
 n samples adjacent, weights, memory). The loop itself, and why each of its parts is there, is in
 hf_decode.py. Two decode modes:
-- "dynamic" (the CPU default): a DynamicCache, done rows compacted away once at most
+- "dynamic" (the CPU default): KV buffers grown in place, done rows compacted away once at most
   `compact_fraction` of them are alive (compacting at half alive was the best of never, half and
   every finish: bench/RESULTS.md, "Rollouts");
 - "static" (the CUDA default): a fixed batch and full-length buffers, the decode step compiled with

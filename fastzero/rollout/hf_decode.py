@@ -12,11 +12,15 @@ what did not pay in bench/RESULTS.md, "Rollouts"):
   are compacted to the live rows;
 - stop checks (the only host syncs of the loop) every `sync_every` tokens: 1 on CPU, where a sync
   costs nothing and an earlier exit saves forwards; more on GPU, where each sync stalls the queue;
-- static mode (GPU): preallocated KV buffers written in place (no torch.cat per token), a fixed
+- KV buffers allocated once per micro-batch and written in place (GrowingLayer), attention over
+  the view of the columns written: no torch.cat of the whole cache per token (1.16x the thinking
+  preset's rollout on the AVX-512 box; on an earlier AVX2 box, with short responses, the cat had
+  won: bench/RESULTS.md, "Rollouts");
+- Exp(1) noise drawn as -log(uniform) (exponential_noise): 1.22x the same rollout;
+- static mode (GPU): full-length buffers exposed whole (the mask hides unwritten columns), a fixed
   batch and a fixed write-position tensor, so the step can be captured by
-  torch.compile(mode="reduce-overhead") as a CUDA graph. On CPU neither buffers nor the compiled
-  step paid (bench/RESULTS.md, "Rollouts": CPU attention over strided buffer views lost more than
-  the cat saved; compiling was slow and its step no faster), so the CPU default keeps a DynamicCache.
+  torch.compile(mode="reduce-overhead") as a CUDA graph. On CPU it did not pay (compiling was slow
+  and its step no faster), so the CPU default is the dynamic mode.
 
 Determinism: sampling draws one exponential per (row, vocabulary entry) for EVERY row of the
 micro-batch at every step, alive or not (as -log(U), U uniform: exponential_noise), and picks
