@@ -55,7 +55,7 @@ _TINY_THINK = dict(  # the embedded thinking model: <think> candidates, then <an
     # - Micro-batches of <= 4096 padded tokens (4-5 per mini-batch of 128, rows sorted by length):
     #   the same update (the loss weights are the mini-batch's), less padding to the longest
     #   response and a working set that stays in cache: update + reference 1.0 -> 0.83 s a step
-    #   (bench/RESULTS.md, "Rollouts" / vs TRL, 2026-12-06).
+    #   (bench/RESULTS.md, "Micro-batch budget of the thinking preset").
     model_path=THINKING_MODEL, max_new_tokens=72, lr=3e-4, temperature=0.7, kl_coef=0.05,
     prompts_per_step=32, mini_batch_size=128, micro_batch_tokens=4096, old_logprobs="rollout",
     lr_schedule="cosine", min_lr_ratio=0.1,
