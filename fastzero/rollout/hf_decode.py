@@ -26,9 +26,9 @@ Determinism: sampling draws one exponential per (row, vocabulary entry) for EVER
 micro-batch at every step, alive or not (as -log(U), U uniform: exponential_noise), and picks
 argmax(probs / noise), torch.multinomial(probs, 1)'s own formula. So a row's token depends only
 on the generator state and its own logits: compaction, the stop-check cadence and static or
-dynamic buffers never change a token. (The engine before these changes drew noise only for the rows still in the batch, so after
-the first compaction its stream differed; seeded runs and resumes are bit-identical either way,
-since the generator state is checkpointed.)
+dynamic buffers never change a token. (The engine before these changes drew noise only for the
+rows still in the batch, so after the first compaction its stream differed; seeded runs and
+resumes are bit-identical either way, since the generator state is checkpointed.)
 """
 from __future__ import annotations
 
