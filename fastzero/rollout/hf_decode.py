@@ -141,42 +141,50 @@ class GrowingLayer(DynamicLayer):
         self._expose()
 
 
-def growing_cache(prefilled: DynamicCache, expand: torch.Tensor, capacity: int) -> Cache:
-    """A Cache of GrowingLayers with room for `capacity` columns, holding `prefilled`'s keys/values
-    copied to rows `expand` (the shared-prefix expansion: row r gets prompt expand[r])."""
-    layers = []
-    for layer in prefilled.layers:
-        width = layer.keys.shape[-2]
-        buffers = []
-        for states in (layer.keys, layer.values):
-            buffer = states.new_empty((expand.numel(), states.shape[1], capacity, states.shape[3]))
-            buffer[:, :, :width] = states.index_select(0, expand)
-            buffers.append(buffer)
-        layers.append(GrowingLayer(*buffers, length=width))
-    return Cache(layers=layers)
+Allocate = Callable[[tuple, torch.Tensor], torch.Tensor]  # (key, a prefilled tensor) -> a buffer
 
 
-def kv_buffer_cache(prefilled: DynamicCache, expand: torch.Tensor, capacity: int, pool: dict) -> Cache:
-    """A Cache of BufferLayers [rows, heads, capacity, head_dim] holding `prefilled`'s keys/values
-    copied to rows `expand` (the shared-prefix expansion: row r gets prompt expand[r]).
-
-    pool: buffers kept between calls, so a captured graph sees the same addresses; their stale
-    columns beyond the prompt are finite (zeros at first) and masked until overwritten."""
+def expanded_buffers(prefilled: DynamicCache, expand: torch.Tensor, capacity: int,
+                     allocate: Allocate) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+    """Each layer's (keys, values, prompt width): [rows, heads, capacity, head_dim] buffers from
+    `allocate`, holding `prefilled`'s keys/values copied to rows `expand` (the shared-prefix
+    expansion: row r gets prompt expand[r]). `allocate` gets a key naming the buffer (layer, keys
+    or values, shape, dtype, device) and the prefilled tensor it copies."""
     layers = []
     for index, layer in enumerate(prefilled.layers):
         width = layer.keys.shape[-2]
         buffers = []
         for kind, states in enumerate((layer.keys, layer.values)):
             shape = (expand.numel(), states.shape[1], capacity, states.shape[3])
-            key = (index, kind, shape, states.dtype, states.device)
-            buffer = pool.get(key)
-            if buffer is None:  # the unwritten columns are exposed (masked): they must be finite
-                buffer = pool[key] = states.new_zeros(shape)
-                torch._dynamo.mark_static_address(buffer)  # mutated in place inside the graph
+            buffer = allocate((index, kind, shape, states.dtype, states.device), states)
             buffer[:, :, :width] = states.index_select(0, expand)
             buffers.append(buffer)
-        layers.append(BufferLayer(*buffers, length=width))
-    return Cache(layers=layers)
+        layers.append((*buffers, width))
+    return layers
+
+
+def growing_cache(prefilled: DynamicCache, expand: torch.Tensor, capacity: int) -> Cache:
+    """A Cache of GrowingLayers with room for `capacity` columns (fresh buffers per micro-batch: the
+    dynamic mode exposes only the columns written, so the rest may hold anything)."""
+    layers = expanded_buffers(prefilled, expand, capacity, lambda key, like: like.new_empty(key[2]))
+    return Cache(layers=[GrowingLayer(keys, values, length=width) for keys, values, width in layers])
+
+
+def kv_buffer_cache(prefilled: DynamicCache, expand: torch.Tensor, capacity: int, pool: dict) -> Cache:
+    """A Cache of BufferLayers with room for `capacity` columns.
+
+    pool: buffers kept between calls, so a captured graph sees the same addresses; their stale
+    columns beyond the prompt are finite (zeros at first) and masked until overwritten."""
+
+    def pooled(key: tuple, like: torch.Tensor) -> torch.Tensor:
+        buffer = pool.get(key)
+        if buffer is None:  # the unwritten columns are exposed (masked): they must be finite
+            buffer = pool[key] = like.new_zeros(key[2])
+            torch._dynamo.mark_static_address(buffer)  # mutated in place inside the graph
+        return buffer
+
+    layers = expanded_buffers(prefilled, expand, capacity, pooled)
+    return Cache(layers=[BufferLayer(keys, values, length=width) for keys, values, width in layers])
 
 
 def attention_mask(valid: torch.Tensor, queries: int, kind: str, dtype: torch.dtype) -> torch.Tensor | None:
