@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import cpu_attention
 from .atomic import atomic_directory
 
 logger = logging.getLogger(__name__)
@@ -109,6 +110,8 @@ def finish_model(model: nn.Module, backends: ModelBackends, gradient_checkpointi
     for a model built on the meta device, which FSDP materializes on the device later."""
     if move:
         model.to(backends.device)
+    if backends.device.type == "cpu" and backends.dtype in (torch.bfloat16, torch.float16):
+        cpu_attention.install()  # the CPU's bf16 SDPA backward is ~8x slower than float32's
     if backends.liger:
         from liger_kernel.transformers import _apply_liger_kernel_to_instance
 
