@@ -10,8 +10,9 @@
   dead run never leaves a stale lock. The file holds the holder's pid, for the message.
 
 A directory is a run once it holds the run's `config.json` (a table per config section, written at
-start-up before anything else). A directory holding only the lock file is a run that died before it
-saved its config: empty, as far as a fresh run is concerned.
+start-up before anything else). A directory holding only the lock file (and perhaps a writability
+probe, see writable.py) is a run that died before it saved its config: empty, as far as a fresh run
+is concerned.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import json
 import os
 import time
 
-from .writable import why_not_writable
+from .writable import PROBE_PREFIX, why_not_writable
 
 LOCK_NAME = ".fastzero.lock"
 CONFIG_NAME = "config.json"
@@ -42,8 +43,10 @@ def is_run_directory(path: str) -> bool:
 
 
 def _other_entries(path: str) -> list[str]:
+    """What `path` holds besides FastZero's own traces: its lock, and the writability probes a
+    killed start-up can leave (SIGKILL between creating and removing one)."""
     try:
-        return sorted(name for name in os.listdir(path) if name != LOCK_NAME)
+        return sorted(name for name in os.listdir(path) if name != LOCK_NAME and not name.startswith(PROBE_PREFIX))
     except FileNotFoundError:
         return []
 

@@ -3,13 +3,17 @@ line instead of after minutes of work with a traceback.
 
 Permission bits are not enough: root ignores them, and read-only mounts, /proc or /sys refuse
 files whatever the bits say. So the check creates (and removes) a probe file in the nearest folder
-that exists - the folders below it would be created by the real write.
+that exists - the folders below it would be created by the real write. A process killed between
+the two leaves the probe behind; its name starts with PROBE_PREFIX so that a run directory's
+"is it empty?" check (fastzero.rundir) can tell such a leftover from a user's file.
 """
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
+
+PROBE_PREFIX = ".fastzero-probe-"
 
 
 def why_not_writable(path: str | os.PathLike, *, folder: bool = False) -> str | None:
@@ -35,9 +39,11 @@ def why_not_writable(path: str | os.PathLike, *, folder: bool = False) -> str | 
     if not ancestor.is_dir():
         return f"cannot write under {ancestor}: it is {'a broken link' if ancestor.is_symlink() else 'a file'}, not a folder"
     try:
-        fd, probe = tempfile.mkstemp(dir=ancestor, prefix=".fastzero-probe-")
+        fd, probe = tempfile.mkstemp(dir=ancestor, prefix=PROBE_PREFIX)
     except OSError as err:
         return f"cannot write under {ancestor} ({err.strerror or err})"
-    os.close(fd)
-    os.unlink(probe)
+    try:  # a Ctrl-C or SIGTERM (raised here as an exception) still removes the probe
+        os.close(fd)
+    finally:
+        os.unlink(probe)
     return None

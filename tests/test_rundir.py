@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from fastzero.rundir import LOCK_NAME, RunDirError, claim, is_run_directory
+from fastzero.writable import PROBE_PREFIX
 from tests._files import unwritable_folder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,6 +88,7 @@ def test_resume_of_something_that_is_no_run_says_what_to_do(tmp_path):
     died_early = tmp_path / "died"
     died_early.mkdir()
     (died_early / LOCK_NAME).write_text("123\n")  # a run killed before it saved its config
+    (died_early / f"{PROBE_PREFIX}x1y2z3").write_text("")  # ... and SIGKILLed inside its writability probe
     with pytest.raises(RunDirError, match=f"start it afresh with --output-dir {died_early}"):
         claim(str(died_early), resume=True)
     with claim(str(died_early), resume=False):

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from fastzero.writable import why_not_writable
 from tests._files import unwritable_folder
 
@@ -14,6 +16,23 @@ def test_writable_paths_pass_and_leave_nothing_behind(tmp_path):
     assert why_not_writable(tmp_path / "existing", folder=True) is None
     assert sorted(os.listdir(tmp_path)) == ["existing"]  # the probe file is gone, nothing was created
     assert os.listdir(tmp_path / "existing") == []
+
+
+def test_an_interrupt_inside_the_probe_still_removes_it(tmp_path, monkeypatch):
+    """Ctrl-C (or SIGTERM, which the trainer turns into the same exception) landing between the
+    probe's creation and its removal: the exception goes on, the probe does not stay behind (a
+    leftover made the next run refuse its own output directory as "holding other files")."""
+    real_close = os.close
+
+    def interrupted_close(fd):
+        real_close(fd)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "close", interrupted_close)
+    with pytest.raises(KeyboardInterrupt):
+        why_not_writable(tmp_path / "run", folder=True)
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == []
 
 
 def test_each_unwritable_case_gets_a_reason_naming_the_path(tmp_path):
