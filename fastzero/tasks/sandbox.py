@@ -182,21 +182,26 @@ class RewardSandbox:
                     self._on_message(w, None)
 
     def close(self) -> None:
-        for w in self.workers:
-            if w.state != "dead":
-                try:
-                    w.conn.send(None)
-                except OSError:
-                    pass
-        for w in self.workers:
+        # Only an idle worker reads the goodbye: one still starting may hang in the user's import, a
+        # busy one is inside the user's function. Those are killed at once, so a hung worker does not
+        # add a wait to the watchdog's error; idle ones get one shared second to exit on their own.
+        polite = [w for w in self.workers if w.state == "idle"]
+        for w in polite:
             try:
-                w.proc.wait(timeout=1.0)
-            except subprocess.TimeoutExpired:
+                w.conn.send(None)
+            except OSError:
                 pass
+        deadline = time.monotonic() + 1.0
+        for w in self.workers:
+            if w in polite:
+                try:
+                    w.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
             w.kill()
-        for proc in self._reaping:
+        for proc in self._reaping + [w.proc for w in self.workers]:
             try:
-                proc.wait(timeout=1.0)
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))  # SIGKILLed: reaped at once
             except subprocess.TimeoutExpired:
                 pass
         self.workers.clear()

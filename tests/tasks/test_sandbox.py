@@ -7,11 +7,13 @@ timeouts and S worker restarts must end within R * timeout + S * startup + margi
 scales with how loaded the box is instead of being a number one machine happened to meet.
 """
 import math
+import signal
 import time
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from fastzero.tasks import sandbox as sandbox_module
 from fastzero.tasks.sandbox import RewardLoadError, RewardSandbox, RewardStalled, SandboxOptions
 from tests.tasks import hostile_rewards, user_task
 
@@ -240,6 +242,25 @@ def test_a_call_interrupted_midway_leaves_no_stale_results(monkeypatch):
             sandbox.score(["a", "bb", "ccc"], [{}] * 3)
         monkeypatch.setattr(sandbox, "_drain", original)
         assert sandbox.score(["dddd"], [{}]).rewards == [4.0]
+
+
+def test_closing_does_not_wait_for_a_busy_worker(monkeypatch, per_sample_pool):
+    """A worker inside the user's function cannot read the goodbye: close kills it at once (the idle
+    one beside it still exits on its own), instead of waiting out the polite second first."""
+    sandbox = RewardSandbox(f"{HOSTILE}:per_sample", SandboxOptions(workers=2, timeout=30.0, per_sample=True))
+    def ctrl_c(*args):  # the trainer's Ctrl-C, arriving while the call waits for its workers
+        raise KeyboardInterrupt
+    monkeypatch.setattr(sandbox_module, "wait", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        sandbox.score(["sleep"], [{}])  # one worker now sleeps in the reward; the other is idle
+    monkeypatch.undo()
+    assert sorted(w.state for w in sandbox.workers) == ["busy", "idle"]
+    busy, idle = sorted(sandbox.workers, key=lambda w: w.state)
+    started = time.monotonic()
+    sandbox.close()
+    # restarts=1: the idle worker's own exit, which takes no longer than a worker's start
+    assert time.monotonic() - started <= per_sample_pool.bound(rounds=0, restarts=1)
+    assert busy.proc.returncode == -signal.SIGKILL and idle.proc.returncode == 0
 
 
 def test_options_are_checked():
