@@ -50,8 +50,11 @@ _TINY_THINK = dict(  # the embedded thinking model: <think> candidates, then <an
     # - Two optimizer steps of 128 per rollout batch flip it by step 60 in every run; the second
     #   step's old log-probs come from the sampler (the hf engine in float32 samples from exactly
     #   the trainer's policy: mismatch_kl ~1e-9), which saves a forward of the policy.
-    # - A cosine decay to 0.1 x lr over the 120 steps keeps the end from swinging (constant lr:
+    # - A cosine decay to 0.1 x lr over the run keeps the end from swinging (constant lr:
     #   57.2% at step 100, 50.6% at 112; cosine: 58.4%, 58.8%).
+    # - 200 steps, not 120: the flip comes anywhere from step 30 to 140 with the seed, and a late
+    #   one was cut off by the shorter cosine (4 seeds, --threads 1: 120 steps ended at 57.0-63.6%,
+    #   mean 60.5; 200 steps at 61.4-64.6%, mean 63.4; bench/RESULTS.md, "How long the default runs").
     # - Micro-batches of <= 4096 padded tokens (4-5 per mini-batch of 128, rows sorted by length):
     #   the same update (the loss weights are the mini-batch's), less padding to the longest
     #   response and a working set that stays in cache: update + reference 1.0 -> 0.83 s a step
@@ -59,7 +62,7 @@ _TINY_THINK = dict(  # the embedded thinking model: <think> candidates, then <an
     model_path=THINKING_MODEL, max_new_tokens=72, lr=3e-4, temperature=0.7, kl_coef=0.05,
     prompts_per_step=32, mini_batch_size=128, micro_batch_tokens=4096, old_logprobs="rollout",
     lr_schedule="cosine", min_lr_ratio=0.1,
-    max_steps=120, eval_every=20,  # the default run: ~8 RL minutes on a quiet 2-core CPU, 7 evaluations
+    max_steps=200, eval_every=20,  # the default run: 5-7 RL minutes on a quiet 2-core CPU, 11 evaluations
 )
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -67,8 +67,8 @@ def test_the_optimizers_step_every_group_at_the_scheduled_rate():
 
 
 def test_a_run_plans_its_optimizer_steps_from_the_batch_split():
-    # The default preset: 120 steps of 32 x 8 sequences in mini-batches of 128.
-    assert planned_optimizer_steps(config_from_args([])) == 120 * 2
+    # The default preset: 200 steps of 32 x 8 sequences in mini-batches of 128.
+    assert planned_optimizer_steps(config_from_args([])) == 200 * 2
     assert planned_optimizer_steps(config_from_args(["--max-steps", "10", "--ppo-epochs", "3",
                                                      "--mini-batch-size", "64"])) == 10 * 3 * 4
 
