@@ -10,7 +10,7 @@ same recipe, one of two (--model):
 - think (fastzero/assets/tiny-countdown-think, the tiny-think preset = the default run's recipe):
   32 prompts x 8 samples, 72 new tokens, temperature 0.7, its lr constant, k3 KL to the base in the
   loss with coefficient 0.05 (TRL beta = the same, the same estimator), which the think block needs
-  (bench/RESULTS.md). The preset's cosine decay is left out on both sides: it spans the preset's 120
+  (bench/RESULTS.md). The preset's cosine decay is left out on both sides: it spans the preset's 200
   steps, and each side's legs stop at a step count or a time budget instead, at different points
   of such a schedule.
 Both: the step's batch cut into optimizer steps of the recipe's mini-batch (direct: all 512, one
