@@ -1,12 +1,14 @@
-"""The thinking preset's training step in float32 against bf16 weights, on the CPU, in one run.
+"""The thinking preset's training step in float32 against bf16 weights and bf16 autocast, on the CPU, in one run.
 
-Three arms, stepped in turn (round-robin, so that the machine's drift hits them alike), each a
+Four arms, stepped in turn (round-robin, so that the machine's drift hits them alike), each a
 `Trainer` of the tiny-think preset (the default run's recipe) from the same seed:
 - float32: the CPU default;
 - bfloat16: `--dtype bfloat16` (bf16 weights, fp32 master weights and moments in the optimizer),
   its training attention in float32 (fastzero/cpu_attention.py);
 - bfloat16, bf16 attention: the same with transformers' SDPA in bf16 for the backward too (what
-  `--dtype bfloat16` ran before cpu_attention), to show what that kernel costs.
+  `--dtype bfloat16` ran before cpu_attention), to show what that kernel costs;
+- float32, bf16 autocast: `--autocast bfloat16` (float32 weights; the training forwards' model body
+  under bf16 autocast, its attention in float32; LM head, loss and rollouts in float32).
 bf16 pays off where the CPU has bf16 matrix units (AMX: Sapphire Rapids and later); the bench
 prints whether this one does. Printed: seconds per phase (mean of the timed steps) and each bf16
 arm's speed-up over float32, then one JSON line.
@@ -30,12 +32,16 @@ from fastzero.run import Run
 from fastzero.trainer import Trainer
 
 PHASES = ("rollout", "logprobs", "update")
-ARMS = ("float32", "bfloat16", "bfloat16, bf16 attention")
+ARMS = ("float32", "bfloat16", "bfloat16, bf16 attention", "float32, bf16 autocast")
+# --dtype and --autocast of each arm
+SETTINGS = {"float32": ("float32", "off"), "bfloat16": ("bfloat16", "off"),
+            "bfloat16, bf16 attention": ("bfloat16", "off"), "float32, bf16 autocast": ("float32", "bfloat16")}
 
 
-def build_trainer(dtype: str, threads: int, output_dir: str) -> Trainer:
+def build_trainer(arm: str, threads: int, output_dir: str) -> Trainer:
     cfg = from_preset("tiny-think")
-    for key, value in dict(dtype=dtype, threads=threads, num_train=4000, num_test=16, eval_every=0, save_every=0,
+    dtype, autocast = SETTINGS[arm]
+    for key, value in dict(dtype=dtype, autocast=autocast, threads=threads, num_train=4000, num_test=16, eval_every=0, save_every=0,
                            progress=False, lr_schedule="constant").items():
         cfg.set(key, value)
     validate(cfg)
@@ -75,7 +81,7 @@ def main() -> None:
     amx = torch.cpu._is_amx_tile_supported() if hasattr(torch.cpu, "_is_amx_tile_supported") else False
 
     with tempfile.TemporaryDirectory() as tmp:
-        trainers = {arm: build_trainer("float32" if arm == "float32" else "bfloat16", args.threads, f"{tmp}/{i}")
+        trainers = {arm: build_trainer(arm, args.threads, f"{tmp}/{i}")
                     for i, arm in enumerate(ARMS)}
         times: dict[str, list[dict[str, float]]] = {arm: [] for arm in ARMS}
         wrapper, bf16_sdpa = attention_functions()

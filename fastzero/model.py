@@ -19,7 +19,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from contextlib import nullcontext
 from pathlib import Path
+from typing import ContextManager
 
 import torch
 from torch import nn
@@ -31,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "flash_attention_2", "eager")
 DTYPES = ("auto", "float32", "bfloat16")  # what --dtype offers (any torch float name loads here)
+AUTOCAST_DTYPES = ("off", "bfloat16")  # what --autocast offers
 DEVICES = ("auto", "cpu", "cuda")
 VALUE_HEAD_FILE = "value_head.safetensors"
 
@@ -178,6 +181,34 @@ def save_model(model: nn.Module, directory: str | os.PathLike, dtype: torch.dtyp
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def autocast_dtype(choice: str, weights: torch.dtype) -> torch.dtype | None:
+    """--autocast resolved against the weights' dtype: None (off) or the body's compute dtype.
+    Autocast exists to run float32 weights' matmuls in half precision; on bf16 weights it would
+    change nothing, so asking for it there is an error rather than a silent no-op."""
+    if choice == "off":
+        return None
+    if choice not in AUTOCAST_DTYPES:
+        raise ValueError(f"--autocast: {choice!r} is not one of {', '.join(AUTOCAST_DTYPES)}")
+    if weights != torch.float32:
+        raise ValueError(f"--autocast {choice}: needs float32 weights, but this run's are "
+                         f"{str(weights).removeprefix('torch.')} (pass --dtype float32, or drop --autocast)")
+    return getattr(torch, choice)
+
+
+def body_autocast(device: torch.device, dtype: torch.dtype | None) -> ContextManager:
+    """The context a training forward's model body runs in: torch.autocast in `dtype`, or nothing.
+
+    On the CPU the attention of an autocast forward is sent through fastzero/cpu_attention.py, which
+    runs it in float32 while a gradient flows: under autocast SDPA would run in bf16, whose CPU
+    backward is ~8x slower than float32's and ate the matmuls' gain (bench/RESULTS.md, "bf16 on the
+    AMX box")."""
+    if dtype is None:
+        return nullcontext()
+    if device.type == "cpu":
+        cpu_attention.install()
+    return torch.autocast(device.type, dtype=dtype)
+
+
 # ---- hidden states, LM head, packing ------------------------------------------------------------------
 
 
@@ -270,12 +301,15 @@ class ResponseTokens:
 
 def response_tokens(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                     response_mask: torch.Tensor, *, packed: bool | None = None,
-                    shared_prefix: bool = False) -> ResponseTokens:
+                    shared_prefix: bool = False, autocast: torch.dtype | None = None) -> ResponseTokens:
     """Run the body once and keep the hidden states that predict response tokens (no LM head).
 
     packed=None packs when the model runs flash_attention_2 (see uses_packing). shared_prefix: run
     each distinct prompt once and share its KV cache among its rows where that applies
-    (fastzero.shared_prefix; the same hidden states up to rounding). Differentiable.
+    (fastzero.shared_prefix; the same hidden states up to rounding). autocast: run the body under
+    torch.autocast in this dtype (--autocast; see body_autocast); the hidden states come back in
+    the weights' dtype, so the LM head, log-probs and loss after it are computed as without.
+    Differentiable.
     """
     if not (input_ids.shape == attention_mask.shape == response_mask.shape) or input_ids.dim() != 2:
         raise ValueError(f"input_ids, attention_mask and response_mask must share one [B, T] shape; got "
@@ -288,31 +322,36 @@ def response_tokens(model: nn.Module, input_ids: torch.Tensor, attention_mask: t
     flat_targets = response.flatten().nonzero().squeeze(-1)
     if not bool(real.flatten()[flat_targets - 1].all()):
         raise ValueError("a response token follows padding: attention_mask must be one contiguous run per row")
-    if shared_prefix:
-        from .shared_prefix import prefix_hidden
+    weights_dtype = next(model.parameters()).dtype
+    with body_autocast(input_ids.device, autocast):
+        hidden = None
+        if shared_prefix:
+            from .shared_prefix import prefix_hidden
 
-        hidden = prefix_hidden(model, input_ids, attention_mask, response_mask, flat_targets)
-        if hidden is not None:
-            return ResponseTokens(hidden, input_ids.flatten()[flat_targets], flat_targets)
-    rows, row_of = _token_hidden(model, input_ids, attention_mask, uses_packing(model) if packed is None else packed)
-    # The token at flat position p is predicted by the hidden state at p - 1 (same row, checked above).
-    return ResponseTokens(rows[row_of[flat_targets - 1]], input_ids.flatten()[flat_targets], flat_targets)
+            hidden = prefix_hidden(model, input_ids, attention_mask, response_mask, flat_targets)
+        if hidden is None:
+            rows, row_of = _token_hidden(model, input_ids, attention_mask,
+                                         uses_packing(model) if packed is None else packed)
+            # The token at flat position p is predicted by the hidden state at p - 1 (same row, checked above).
+            hidden = rows[row_of[flat_targets - 1]]
+    return ResponseTokens(hidden.to(weights_dtype), input_ids.flatten()[flat_targets], flat_targets)
 
 
 def sequence_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       response_mask: torch.Tensor, *, temperature: float = 1.0, return_entropy: bool = False,
-                      packed: bool | None = None, shared_prefix: bool = False
-                      ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                      packed: bool | None = None, shared_prefix: bool = False,
+                      autocast: torch.dtype | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """log p(input_ids[b, t] | input_ids[b, :t]) at response positions, as [B, T] fp32 (0 elsewhere).
 
     Only the hidden states that predict a response token go through the LM head, via
     fastzero.kernels.logprob.fused_logprobs (chunked; no [B, T, V] logits). With return_entropy also
-    the entropy of each of those next-token distributions, aligned the same way. Differentiable.
+    the entropy of each of those next-token distributions, aligned the same way. autocast: the
+    body's compute dtype (see response_tokens). Differentiable.
     """
     from fastzero.kernels.logprob import fused_logprobs
 
     tokens = response_tokens(model, input_ids, attention_mask, response_mask, packed=packed,
-                             shared_prefix=shared_prefix)
+                             shared_prefix=shared_prefix, autocast=autocast)
     result = fused_logprobs(tokens.hidden, lm_head_weight(model), tokens.targets,
                             temperature=temperature, return_entropy=return_entropy)
     if return_entropy:

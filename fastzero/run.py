@@ -28,7 +28,7 @@ from .episodes import trim_stop
 from .loggers import make_sinks
 from .lora import LoraAdapters, add_adapters
 from .metrics import MemoryMetrics, MetricsLog
-from .model import CriticModel, choose_backends, load_causal_lm, resolve_device
+from .model import CriticModel, autocast_dtype, choose_backends, load_causal_lm, resolve_device
 from .optim import Optimizers, planned_optimizer_steps
 from .rollout import RolloutEngine, make_engine, resolve_engine_kind
 from .rollout.tp_engine import make_tp_group_engine
@@ -70,6 +70,7 @@ class Run:
         torch.set_num_threads(cfg.run.threads or default_threads())
         self.device = self.dist.device if self.dist.enabled else resolve_device(cfg.run.device)
         backends = choose_backends(self.device, cfg.model.dtype, cfg.model.attn_implementation)
+        self.autocast = autocast_dtype(cfg.model.autocast, backends.dtype)  # --autocast: the body's compute dtype or None
         random.seed(cfg.run.seed)
         torch.manual_seed(cfg.run.seed)
         # The task and its scorer first: a bad --task or --reward fails before any model loads.

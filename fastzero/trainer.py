@@ -57,7 +57,7 @@ class Trainer:
     def __init__(self, config: Config, *, models, optimizers: Optimizers, engine: RolloutEngine, data: TaskData,
                  decode: Decoder, scorer: Scorer, state: TrainState, shuffle_generator: torch.Generator,
                  device: torch.device, pad_id: int, stop_ids: tuple[int, ...], correct_reward: float | None = None,
-                 dist: DistContext = SINGLE):
+                 dist: DistContext = SINGLE, autocast: torch.dtype | None = None):
         self.cfg, self.models, self.optimizers, self.engine = config, models, optimizers, engine
         # Under torchrun each rank trains a contiguous slice of every step's prompts; the step's
         # global row of this rank's local row 0 (see fastzero/distributed.py for the whole split).
@@ -67,13 +67,15 @@ class Trainer:
         self.timer = PhaseTimer(state.phase_seconds)
         # Accuracy counts rewards >= this: the task's (or --correct-score for a user reward).
         self.correct_reward = config.algorithm.correct_score if correct_reward is None else correct_reward
+        self.autocast = autocast  # --autocast: the compute dtype of the training forwards' body (None: off)
 
     @classmethod
     def from_run(cls, run) -> "Trainer":
         return cls(run.config, models=run.models, optimizers=run.optimizers, engine=run.engine, data=run.data,
                    decode=run.decode_responses, scorer=run.scorer, state=run.state,
                    shuffle_generator=run.shuffle_generator, device=run.device, pad_id=run.pad_id,
-                   stop_ids=run.stop_ids, correct_reward=run.scorer.correct_reward, dist=run.dist)
+                   stop_ids=run.stop_ids, correct_reward=run.scorer.correct_reward, dist=run.dist,
+                   autocast=run.autocast)
 
     # ---- one RL step -----------------------------------------------------------------------------
     def step(self, step: int) -> tuple[dict[str, float], Episodes]:
@@ -245,13 +247,13 @@ class Trainer:
             mb = batch.select(rows)
             width = mb.input_ids.shape[1]
             logp = sequence_logprobs(models.policy, mb.input_ids, mb.attention_mask, mb.response_mask,
-                                     temperature=temperature, shared_prefix=self.cfg.algorithm.shared_prefix
-                                     ) if policy else None
+                                     temperature=temperature, shared_prefix=self.cfg.algorithm.shared_prefix,
+                                     autocast=self.autocast) if policy else None
             ref_logp = None
             if ref is not None:
                 with models.reference_scope():  # LoRA: the policy with its adapters disabled
                     ref_logp = sequence_logprobs(models.reference, mb.input_ids, mb.attention_mask, mb.response_mask,
-                                                 temperature=temperature)
+                                                 temperature=temperature, autocast=self.autocast)
             value = _shifted_values(models.critic, mb) * mb.response_mask if values is not None else None
             if padding:
                 continue
@@ -368,7 +370,7 @@ class Trainer:
             raise ValueError(f"--is-correction {a.is_correction}: the rollout engine returned no log-probs")
         if a.fused_loss:
             resp = response_tokens(policy, mb.input_ids, mb.attention_mask, mb.response_mask,
-                                   shared_prefix=a.shared_prefix)
+                                   shared_prefix=a.shared_prefix, autocast=self.autocast)
             per_sequence = a.loss_mode == "gspo" or (a.is_correction != "none" and a.is_level == "sequence")
             return fused_linear_policy_loss(  # old_logp None: on-policy (the pass' own log-probs)
                 resp.hidden, lm_head_weight(policy), resp.targets,
@@ -380,7 +382,8 @@ class Trainer:
                 temperature=temperature, **options)
         use_entropy = a.entropy_coef > 0
         out = sequence_logprobs(policy, mb.input_ids, mb.attention_mask, mb.response_mask,
-                                temperature=temperature, return_entropy=use_entropy, shared_prefix=a.shared_prefix)
+                                temperature=temperature, return_entropy=use_entropy, shared_prefix=a.shared_prefix,
+                                autocast=self.autocast)
         logp, entropy = out if use_entropy else (out, None)
         old_logp = logp.detach() if old_logp is None else old_logp  # on-policy: ratio exactly 1
         return policy_loss(logp, old_logp, advantages, mb.response_mask, ref_logp=ref_logp, entropy=entropy,
