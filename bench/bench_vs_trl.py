@@ -12,7 +12,9 @@ same recipe, one of two (--model):
   loss with coefficient 0.05 (TRL beta = the same, the same estimator), which the think block needs
   (bench/RESULTS.md). The preset's cosine decay is left out on both sides: it spans the preset's 200
   steps, and each side's legs stop at a step count or a time budget instead, at different points
-  of such a schedule.
+  of such a schedule. FastZero takes the preset's --autocast auto (on a CPU with AMX the training
+  forwards' body in bf16, float32 weights, attention and LM head); TRL runs in float32, its
+  default, or with --trl-bf16 in bf16 autocast (its bf16=True).
 Both: the step's batch cut into optimizer steps of the recipe's mini-batch (direct: all 512, one
 step; think: the preset's --mini-batch-size), each a token mean over its tokens (TRL
 loss_type="dapo" with steps_per_generation = batch / mini-batch divides by the generation batch's
@@ -75,6 +77,10 @@ class Recipe:
     # preset's "rollout" (the sampler's own). TRL's GRPOTrainer recomputes them with a forward on
     # its transformers generation path (steps_per_generation > 1); that is its design, timed as is.
     old_logprobs: str = "recompute"
+    # FastZero's --autocast: the think preset's "auto" (bf16 autocast of the training forwards' body
+    # on a CPU with AMX, float32 weights). TRL computes in float32 unless --trl-bf16 gives it
+    # bf16=True (its autocast through accelerate).
+    autocast: str = "off"
 
 
 _THINK = PRESETS["tiny-think"]  # the default run's recipe, wherever the preset moves it
@@ -85,7 +91,7 @@ RECIPES = {
                     new_tokens=_THINK["max_new_tokens"], lr=_THINK["lr"], temperature=_THINK["temperature"],
                     kl_coef=_THINK["kl_coef"], mini_batch=_THINK["mini_batch_size"],
                     micro_batch_tokens=_THINK["micro_batch_tokens"],
-                    old_logprobs=_THINK["old_logprobs"]),
+                    old_logprobs=_THINK["old_logprobs"], autocast=_THINK["autocast"]),
 }
 
 
@@ -131,6 +137,7 @@ def run_fastzero(files: dict[str, str], out: str, recipe: Recipe, *, steps: int,
                "--kl-coef", str(recipe.kl_coef), "--kl-in-reward", "false", "--loss-agg", "token-mean",
                "--grad-clip", str(GRAD_CLIP), "--clip-low", str(CLIP), "--clip-high", str(CLIP),
                "--temperature", str(recipe.temperature), "--old-logprobs", recipe.old_logprobs,
+               "--autocast", recipe.autocast,
                "--time-limit-minutes", str(seconds / 60 if seconds else 0)]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
@@ -150,7 +157,8 @@ def _prompt_length(recipe: Recipe) -> int:
 
 
 # ---- TRL, in-process -------------------------------------------------------------------------------------
-def run_trl(train, tokenizer, recipe: Recipe, *, steps: int, seconds: float, threads: int, out: str) -> dict:
+def run_trl(train, tokenizer, recipe: Recipe, *, steps: int, seconds: float, threads: int, out: str,
+            bf16: bool = False) -> dict:
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -197,7 +205,7 @@ def run_trl(train, tokenizer, recipe: Recipe, *, steps: int, seconds: float, thr
                 control.should_training_stop = True
 
     config = GRPOConfig(
-        output_dir=out, use_cpu=True, bf16=False, fp16=False, report_to=[], save_strategy="no", logging_steps=10,
+        output_dir=out, use_cpu=True, bf16=bf16, fp16=False, report_to=[], save_strategy="no", logging_steps=10,
         seed=0, max_steps=100_000, learning_rate=recipe.lr, lr_scheduler_type="constant", warmup_steps=0,
         weight_decay=0.0,
         max_grad_norm=GRAD_CLIP, per_device_train_batch_size=recipe.mini_batch,
@@ -232,6 +240,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=90.0, help="the equal-wall-time budget of training")
     parser.add_argument("--pairs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--trl-bf16", action="store_true",
+                        help="TRL with bf16=True (autocast) instead of float32, for a like-for-like precision")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     recipe = RECIPES[args.model]
@@ -247,7 +257,7 @@ def main() -> None:
             fz_steps = run_fastzero(files, os.path.join(tmp, f"fz-steps-{pair}"), recipe, steps=args.steps,
                                     seconds=0, threads=args.threads)
             trl = run_trl(train, tokenizer, recipe, steps=args.steps, seconds=args.seconds, threads=args.threads,
-                          out=os.path.join(tmp, f"trl-{pair}"))
+                          out=os.path.join(tmp, f"trl-{pair}"), bf16=args.trl_bf16)
             fz_time = run_fastzero(files, os.path.join(tmp, f"fz-time-{pair}"), recipe, steps=100_000,
                                    seconds=args.seconds, threads=args.threads)
             results.append(dict(
@@ -266,8 +276,8 @@ def main() -> None:
     start = held_out_accuracy(base, tokenizer, test, recipe)
     med = {k: statistics.median(r[k] for r in results) for k in results[0]}
     print(f"\nGRPO on the embedded {args.model} model, {recipe.prompts} prompts x {SAMPLES} samples, "
-          f"{recipe.new_tokens} new tokens, KL {recipe.kl_coef}, "
-          f"{args.threads} thread(s), {args.pairs} pair(s) (median); held-out greedy accuracy at start {start:.1%}")
+          f"{recipe.new_tokens} new tokens, KL {recipe.kl_coef}, FastZero --autocast {recipe.autocast}, "
+          f"TRL {'bf16' if args.trl_bf16 else 'float32'}, {args.threads} thread(s), {args.pairs} pair(s) (median); held-out greedy accuracy at start {start:.1%}")
     print(f"{'':<34}{'FastZero':>12}{'TRL':>12}{'ratio':>8}")
     for label, a, b, higher_better in [
         ("seconds per step", med["fastzero_s_per_step"], med["trl_s_per_step"], False),
@@ -278,7 +288,8 @@ def main() -> None:
     ]:
         ratio = (a / b if higher_better else b / a) if a and b else float("nan")
         print(f"{label:<34}{a:>12.4g}{b:>12.4g}{ratio:>8.2f}")
-    print(json.dumps({"bench": "vs_trl", "model": args.model, "steps": args.steps, "seconds": args.seconds,
+    print(json.dumps({"bench": "vs_trl", "model": args.model, "autocast": recipe.autocast, "trl_bf16": args.trl_bf16,
+                      "steps": args.steps, "seconds": args.seconds,
                       "pairs": args.pairs, "threads": args.threads, "start_accuracy": start, "median": med,
                       "runs": results}))
 

@@ -59,7 +59,8 @@ class ModelConfig:
                      DTYPES)
     autocast: str = opt("off", "training forwards (update, reference and old-policy scoring) with the model body "
                                "under torch.autocast in this dtype and float32 weights; the LM head, log-probs, loss "
-                               "and rollouts stay float32 (for CPUs with AMX: the thinking preset's update a fifth faster)",
+                               "and rollouts stay float32. auto = bfloat16 on a CPU with AMX when the weights are "
+                               "float32, else off (there the thinking preset's update runs a fifth faster)",
                         AUTOCAST_DTYPES)
     attn_implementation: str = opt("auto", "attention: auto = flash_attention_2 if installed on GPU, else sdpa",
                                    ATTN_IMPLEMENTATIONS)
@@ -466,7 +467,7 @@ def validate(config: Config) -> None:
         need(a.estimator in TOKEN_METHODS, "kl_in_reward",
              f"a per-token KL reward needs a token-level estimator (--algorithm {' or '.join(TOKEN_METHODS)})")
     need(not (r.engine == "sglang" and run.device == "cpu"), "rollout", "sglang needs --device cuda")
-    need(m.autocast == "off" or m.dtype in ("auto", "float32"), "autocast",
+    need(m.autocast in ("off", "auto") or m.dtype in ("auto", "float32"), "autocast",
          f"runs float32 weights' matmuls in half precision; --dtype {m.dtype} weights are already half (drop one)")
     need(not (m.attn_implementation == "flash_attention_2" and _runs_on_cpu(run.device)), "attn_implementation",
          "flash_attention_2 needs a CUDA GPU; this run is on the CPU (use sdpa or auto)")

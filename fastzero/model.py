@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "flash_attention_2", "eager")
 DTYPES = ("auto", "float32", "bfloat16")  # what --dtype offers (any torch float name loads here)
-AUTOCAST_DTYPES = ("off", "bfloat16")  # what --autocast offers
+AUTOCAST_DTYPES = ("off", "auto", "bfloat16")  # what --autocast offers
 DEVICES = ("auto", "cpu", "cuda")
 VALUE_HEAD_FILE = "value_head.safetensors"
 
@@ -181,14 +181,25 @@ def save_model(model: nn.Module, directory: str | os.PathLike, dtype: torch.dtyp
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def autocast_dtype(choice: str, weights: torch.dtype) -> torch.dtype | None:
-    """--autocast resolved against the weights' dtype: None (off) or the body's compute dtype.
-    Autocast exists to run float32 weights' matmuls in half precision; on bf16 weights it would
-    change nothing, so asking for it there is an error rather than a silent no-op."""
-    if choice == "off":
-        return None
+def has_bf16_matrix_units(device: torch.device) -> bool:
+    """A CPU with AMX (Sapphire Rapids and later), where bf16 matmuls run 4-5x float32's at the tiny
+    models' shapes (bench/RESULTS.md, "bf16 on the AMX box"); elsewhere bf16 on the CPU buys less
+    or costs (not measured here on a CPU without AMX)."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # torch's own check of the CPU and the OS
+    return device.type == "cpu" and probe is not None and bool(probe())
+
+
+def autocast_dtype(choice: str, weights: torch.dtype, device: torch.device) -> torch.dtype | None:
+    """--autocast resolved for this run: None (off) or the body's compute dtype. auto = bfloat16 on a
+    CPU with AMX when the weights are float32, else off. Autocast exists to run float32 weights'
+    matmuls in half precision; on half-precision weights it would change nothing, so asking for it
+    by name there is an error rather than a silent no-op."""
     if choice not in AUTOCAST_DTYPES:
         raise ValueError(f"--autocast: {choice!r} is not one of {', '.join(AUTOCAST_DTYPES)}")
+    if choice == "off":
+        return None
+    if choice == "auto":
+        return torch.bfloat16 if weights == torch.float32 and has_bf16_matrix_units(device) else None
     if weights != torch.float32:
         raise ValueError(f"--autocast {choice}: needs float32 weights, but this run's are "
                          f"{str(weights).removeprefix('torch.')} (pass --dtype float32, or drop --autocast)")

@@ -49,7 +49,8 @@ _TINY_THINK = dict(  # the embedded thinking model: <think> candidates, then <an
     # - lr 3e-4 learns "stop at the check's 0" by step 60-80 (2e-4 took ~110; 4e-4 was no better).
     # - Two optimizer steps of 128 per rollout batch flip it by step 60 in every run; the second
     #   step's old log-probs come from the sampler (the hf engine in float32 samples from exactly
-    #   the trainer's policy: mismatch_kl ~1e-9), which saves a forward of the policy.
+    #   the trainer's float32 policy: mismatch_kl ~1e-9; ~6e-6 against the bf16-autocast body,
+    #   far inside the 0.2 clip), which saves a forward of the policy.
     # - A cosine decay to 0.1 x lr over the run keeps the end from swinging (constant lr:
     #   57.2% at step 100, 50.6% at 112; cosine: 58.4%, 58.8%).
     # - 200 steps, not 120: the flip comes anywhere from step 30 to 140 with the seed, and a late
@@ -59,9 +60,13 @@ _TINY_THINK = dict(  # the embedded thinking model: <think> candidates, then <an
     #   the same update (the loss weights are the mini-batch's), less padding to the longest
     #   response and a working set that stays in cache: update + reference 1.0 -> 0.83 s a step
     #   (bench/RESULTS.md, "Micro-batch budget of the thinking preset").
+    # - Autocast auto: on a CPU with AMX the update's and the reference's model body run in bf16
+    #   (float32 weights, attention and LM head): 1.16x a step at 2 threads, and at 4 seeds
+    #   (--threads 1, 200 steps) 63.6-68.0%, mean 65.3, against float32's 61.4-64.6%, mean 63.4
+    #   (bench/RESULTS.md, "bf16 autocast with float32 weights"). Off on other CPUs.
     model_path=THINKING_MODEL, max_new_tokens=72, lr=3e-4, temperature=0.7, kl_coef=0.05,
     prompts_per_step=32, mini_batch_size=128, micro_batch_tokens=4096, old_logprobs="rollout",
-    lr_schedule="cosine", min_lr_ratio=0.1,
+    lr_schedule="cosine", min_lr_ratio=0.1, autocast="auto",
     max_steps=200, eval_every=20,  # the default run: 5-7 RL minutes on a quiet 2-core CPU, 11 evaluations
 )
 

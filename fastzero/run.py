@@ -70,7 +70,7 @@ class Run:
         torch.set_num_threads(cfg.run.threads or default_threads())
         self.device = self.dist.device if self.dist.enabled else resolve_device(cfg.run.device)
         backends = choose_backends(self.device, cfg.model.dtype, cfg.model.attn_implementation)
-        self.autocast = autocast_dtype(cfg.model.autocast, backends.dtype)  # --autocast: the body's compute dtype or None
+        self.autocast = autocast_dtype(cfg.model.autocast, backends.dtype, self.device)  # --autocast: the body's compute dtype or None
         random.seed(cfg.run.seed)
         torch.manual_seed(cfg.run.seed)
         # The task and its scorer first: a bad --task or --reward fails before any model loads.

@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from fastzero.config import THINKING_MODEL, Config, resolve_model_path, validate
-from fastzero.model import (autocast_dtype, body_autocast, lm_head_weight, load_causal_lm, response_tokens,
-                            sequence_logprobs)
+from fastzero.model import (autocast_dtype, body_autocast, has_bf16_matrix_units, lm_head_weight, load_causal_lm,
+                            response_tokens, sequence_logprobs)
 from fastzero.run import Run
 from fastzero.trainer import Trainer
 from tests._helpers import sum_rtol, unit_roundoff
@@ -50,15 +50,26 @@ def _batch(seed: int = 0, shared: bool = False):
 
 
 def test_off_is_none_and_half_weights_are_refused():
-    assert autocast_dtype("off", torch.float32) is None
-    assert autocast_dtype("bfloat16", torch.float32) is torch.bfloat16
+    cpu = torch.device("cpu")
+    assert autocast_dtype("off", torch.float32, cpu) is None
+    assert autocast_dtype("bfloat16", torch.float32, cpu) is torch.bfloat16
     with pytest.raises(ValueError, match="--autocast bfloat16: needs float32 weights.*bfloat16"):
-        autocast_dtype("bfloat16", torch.bfloat16)
+        autocast_dtype("bfloat16", torch.bfloat16, cpu)
     config = Config()
     config.set("dtype", "bfloat16")
     config.set("autocast", "bfloat16")
     with pytest.raises(ValueError, match="--autocast"):
         validate(config)
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_auto_is_bf16_only_for_float32_weights_on_a_cpu_with_amx(monkeypatch, amx):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    cpu = torch.device("cpu")
+    assert has_bf16_matrix_units(cpu) is amx
+    assert autocast_dtype("auto", torch.float32, cpu) is (torch.bfloat16 if amx else None)
+    assert autocast_dtype("auto", torch.bfloat16, cpu) is None  # already half: nothing to autocast
+    assert autocast_dtype("auto", torch.float32, torch.device("cuda")) is None
 
 
 def test_body_computes_in_bf16_and_the_head_in_float32(model):
