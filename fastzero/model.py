@@ -210,9 +210,9 @@ def body_autocast(device: torch.device, dtype: torch.dtype | None) -> ContextMan
     """The context a training forward's model body runs in: torch.autocast in `dtype`, or nothing.
 
     On the CPU the attention of an autocast forward is sent through fastzero/cpu_attention.py, which
-    runs it in float32 while a gradient flows: under autocast SDPA would run in bf16, whose CPU
-    backward is ~8x slower than float32's and ate the matmuls' gain (bench/RESULTS.md, "bf16 on the
-    AMX box")."""
+    runs it in float32, gradient or not: under autocast SDPA would run in bf16, whose CPU backward is
+    ~8x slower than float32's and ate the matmuls' gain (bench/RESULTS.md, "bf16 on the AMX box"),
+    and the reference's scoring must compute what the update's forward computes."""
     if dtype is None:
         return nullcontext()
     if device.type == "cpu":
