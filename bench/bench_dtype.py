@@ -27,6 +27,7 @@ import torch
 
 from fastzero import cpu_attention
 from fastzero.config import validate
+from fastzero.model import has_bf16_matrix_units
 from fastzero.presets import from_preset
 from fastzero.run import Run
 from fastzero.trainer import Trainer
@@ -78,7 +79,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    amx = torch.cpu._is_amx_tile_supported() if hasattr(torch.cpu, "_is_amx_tile_supported") else False
+    amx = has_bf16_matrix_units(torch.device("cpu"))  # what --autocast auto checks
 
     with tempfile.TemporaryDirectory() as tmp:
         trainers = {arm: build_trainer(arm, args.threads, f"{tmp}/{i}")
